@@ -1,0 +1,92 @@
+"""``crossview bench`` through the real entry points (tiny batches so the test stays fast)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from crossview import __version__
+from crossview.bench import STAGES
+from crossview.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "crossview", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_bench_quick_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--batch", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # no temporary file left behind
+
+    assert set(report["stages"]) == set(STAGES) >= {"polar_transform"}
+    polar = report["stages"]["polar_transform"]
+    assert polar["settings"]["chip"] == [3, 640, 640] and polar["settings"]["output"] == [128, 512]
+    assert set(polar["variants"]) == {"uint8", "float32"}
+    for figures in polar["variants"].values():
+        assert figures["batch"] == 2 and figures["repeats"] >= 1
+        assert figures["ms_per_batch"] > 0 and figures["per_s"] > 0
+        assert figures["per_s"] == pytest.approx(2 / (figures["ms_per_batch"] / 1000), rel=1e-3)  # same median
+        assert figures["best_per_s"] == pytest.approx(2 / (figures["best_ms_per_batch"] / 1000), rel=1e-3)
+        assert figures["best_ms_per_batch"] <= figures["ms_per_batch"]
+
+    machine = report["machine"]
+    assert machine["crossview"] == __version__ == report["crossview"]["version"]
+    assert machine["torch"] == torch.__version__
+    assert machine["logical_cores"] == os.cpu_count() and machine["torch_threads"] == torch.get_num_threads()
+    assert machine["cpu"] and machine["device"] == "cpu" and "gpu" not in machine
+    date = datetime.datetime.fromisoformat(machine["date_utc"])
+    assert date.utcoffset() == datetime.timedelta(0)
+    assert abs(datetime.datetime.now(datetime.timezone.utc) - date) < datetime.timedelta(minutes=10)
+
+    table = capsys.readouterr().out
+    assert "polar_transform" in table and "uint8" in table and "float32" in table and "chips/s" in table
+
+
+def test_bench_cuda_without_cuda_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--device", "cuda", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "crossview bench: error: --device cuda: CUDA is not available"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--stages", "polar_transform,nope"], "unknown stage(s) ['nope']"),
+        (["--out", "{tmp}/missing/bench.json"], "does not exist"),
+    ],
+)
+def test_bench_bad_options_exit_2(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    assert main(["bench", "--quick", "--batch", "1", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_module_entry_version_and_help() -> None:
+    version = run_module("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"crossview {__version__}"
+    usage = run_module("--help")
+    assert usage.returncode == 0 and "bench" in usage.stdout
+    bench_help = run_module("bench", "--help")
+    assert bench_help.returncode == 0 and "crossview bench --quick" in bench_help.stdout
+    assert "--batch" not in bench_help.stdout  # a hidden test option
