@@ -35,7 +35,7 @@ class Command:
 
 
 # Modules that define a module-level ``COMMAND: Command``; imported lazily so `crossview --help` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ("crossview.bench",)
+COMMAND_MODULES: tuple[str, ...] = ("crossview.fetch", "crossview.bench")
 
 
 def _load_commands() -> list[Command]:
@@ -65,10 +65,27 @@ def build_parser(commands: Sequence[Command] | None = None) -> argparse.Argument
     return parser
 
 
+# Options whose values may start with '-' (western longitudes, southern latitudes): argparse would take
+# "--bbox -106,30,-100,45" for two options, so such values are glued to their option ("--bbox=-106,...").
+COORDINATE_OPTIONS = frozenset({"--bbox", "--center"})
+
+
+def _glue_coordinate_values(argv: Sequence[str]) -> list[str]:
+    glued: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        if token in COORDINATE_OPTIONS:
+            value = next(tokens, None)
+            glued.append(token if value is None else f"{token}={value}")
+        else:
+            glued.append(token)
+    return glued
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the command and return its exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_glue_coordinate_values(sys.argv[1:] if argv is None else argv))
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return EXIT_USAGE
@@ -78,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         print(f"crossview {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_FAILURE if isinstance(error, OSError) else EXIT_USAGE
     except KeyboardInterrupt:
         print(f"crossview {args.command}: interrupted", file=sys.stderr)
         return 130

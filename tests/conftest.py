@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,9 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REALDATA = REPO_ROOT.parent / "shared" / "realdata"
+
+# Test-support modules (the local tile server) are importable from every test folder.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "tiles"))
 
 # Numerical tests compare against float64 references: TF32 would make CUDA matmuls inexact.
 torch.backends.cuda.matmul.allow_tf32 = False
