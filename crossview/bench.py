@@ -45,6 +45,7 @@ class BenchConfig:
     device: str = "cpu"
     quick: bool = False
     batch: int | None = None
+    osm_file: Path | None = None
 
     @property
     def warmup(self) -> int:
@@ -117,8 +118,79 @@ def bench_polar_transform(config: BenchConfig) -> dict[str, Any]:
     return {"unit": "chips", "settings": settings, "variants": variants}
 
 
+TILE_LATENCY_S = 0.020
+
+
+def bench_tile_fetch(config: BenchConfig) -> dict[str, Any]:
+    """XYZ tiles per second from a local server with 20 ms latency: 1 vs 16 workers, and cache hits."""
+    from crossview.tiles.cache import TileCache
+    from crossview.tiles.client import TileClient
+    from crossview.tiles.fetch import fetch_tiles
+    from crossview.tiles.localserver import serve_tiles
+    from crossview.tiles.sources import resolve_source
+
+    count = config.batch_size(full=96, quick=32)
+    tiles = [(x, 0, 10) for x in range(count)]
+    tile_config = BenchConfig(config.device, quick=True, batch=config.batch)  # 1 warm-up, 3 repeats
+    variants: dict[str, Any] = {}
+    with serve_tiles(latency_s=TILE_LATENCY_S) as template, tempfile.TemporaryDirectory() as cache_dir:
+        source = resolve_source(template)
+        for workers in (1, 16):
+            with TileClient(workers=workers, rate_limit_per_s=None, trust_env=False) as client:
+                seconds = time_call(
+                    lambda c=client, w=workers: fetch_tiles(source, tiles, cache=None, client=c, workers=w), tile_config
+                )
+            variants[f"download_{workers}_workers"] = batch_figures(seconds, count)
+        cache = TileCache(cache_dir, source.slug)
+        with TileClient(workers=16, rate_limit_per_s=None, trust_env=False) as client:
+            fetch_tiles(source, tiles, cache=cache, client=client, workers=16)
+        seconds = time_call(lambda: fetch_tiles(source, tiles, cache=cache, offline=True, workers=8), tile_config)
+        variants["cache_hit"] = batch_figures(seconds, count)
+    speedup = variants["download_16_workers"]["per_s"] / variants["download_1_workers"]["per_s"]
+    settings = {"latency_ms": TILE_LATENCY_S * 1000, "tiles": count, "speedup_16_vs_1": round(speedup, 2)}
+    return {"unit": "tiles", "settings": settings, "variants": variants}
+
+
+# The shared real-data folder beside a development checkout (absent in a user's clone: the stage is skipped).
+DEFAULT_OSM_FILE = Path("../shared/realdata/osm/monaco.osm.gz")
+# Monaco (the principality, not the extract's far-reaching relations), W,S,E,N in degrees.
+MONACO_BBOX = (7.4091, 43.7247, 7.4398, 43.7519)
+
+
+def bench_osm_rasterize(config: BenchConfig) -> dict[str, Any]:
+    """Seconds to parse ``monaco.osm.gz`` and rasterize it at 0.5 m in local UTM (skipped without the file)."""
+    from crossview.fetch import target_grid
+    from crossview.geometry.bbox import BBox
+    from crossview.maps.osm import load_osm_features, osm_grid, rasterize_osm
+
+    path = config.osm_file
+    if path is None or not Path(path).is_file():
+        return {"skipped": f"no OSM extract at {path} (pass --osm-file monaco.osm.gz)"}
+    bbox = BBox(*MONACO_BBOX)
+    crs, bounds = target_grid(bbox, "utm", 0.5)
+    transform, width, height = osm_grid(bounds, 0.5)
+    parse_s, raster_s = [], []
+    for _ in range(1 if config.quick else 3):
+        start = time.perf_counter()
+        features = load_osm_features(path, bbox=bbox)
+        parse_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        rasterize_osm(features, crs=crs, transform=transform, width=width, height=height)
+        raster_s.append(time.perf_counter() - start)
+    variants = {"parse": batch_figures(parse_s, 1), "rasterize_0.5m": batch_figures(raster_s, 1)}
+    settings = {
+        "file": Path(path).name,
+        "bbox": list(MONACO_BBOX),
+        "raster_px": [height, width],
+        "features": len(features),
+    }
+    return {"unit": "runs", "settings": settings, "variants": variants}
+
+
 STAGES: dict[str, Callable[[BenchConfig], dict[str, Any]]] = {
     "polar_transform": bench_polar_transform,
+    "tile_fetch": bench_tile_fetch,
+    "osm_rasterize": bench_osm_rasterize,
 }
 
 
@@ -176,9 +248,13 @@ def format_table(report: dict[str, Any]) -> str:
     )
     rows = [("stage", "variant", "device", "batch", "ms/batch", "rate (median)", "rate (best)")]
     for stage, figures in report["stages"].items():
+        if "skipped" in figures:
+            rows.append((stage, "skipped", "", "", "", figures["skipped"], ""))
+            continue
         unit = figures["unit"]
         for variant, f in figures["variants"].items():
-            device, batch, ms = figures["settings"]["device"], str(f["batch"]), f"{f['ms_per_batch']:.1f}"
+            device = figures["settings"].get("device", "cpu")
+            batch, ms = str(f["batch"]), f"{f['ms_per_batch']:.1f}"
             rates = (f"{f['per_s']:.1f} {unit}/s", f"{f['best_per_s']:.1f} {unit}/s")
             rows.append((stage, variant, device, batch, ms, *rates))
     widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
@@ -233,7 +309,9 @@ def main(args: argparse.Namespace) -> int:
     if args.batch is not None and args.batch < 1:
         raise ConfigError(f"--batch {args.batch}: must be at least 1")
     check_device(args.device)
-    report = run_benchmarks(BenchConfig(device=args.device, quick=args.quick, batch=args.batch), stage_names)
+    osm_file = args.osm_file if args.osm_file is not None else DEFAULT_OSM_FILE
+    config = BenchConfig(device=args.device, quick=args.quick, batch=args.batch, osm_file=osm_file)
+    report = run_benchmarks(config, stage_names)
     print(format_table(report))
     if out is not None:
         write_json_atomic(report, out)
@@ -249,6 +327,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stages",
         metavar="NAME[,NAME...]",
         help=f"comma-separated stages to run (default: all): {', '.join(STAGES)}",
+    )
+    parser.add_argument(
+        "--osm-file",
+        type=Path,
+        help=f"OSM extract for the osm_rasterize stage (default: {DEFAULT_OSM_FILE} when present)",
     )
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)  # tests: a tiny batch for every stage
 
