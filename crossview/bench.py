@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -27,6 +26,7 @@ from typing import Any
 from crossview import __version__
 from crossview.cli import Command
 from crossview.errors import ConfigError
+from crossview.fsio import atomic_write_json
 
 POLAR_CHIP_PX = 640
 POLAR_OUTPUT_HW = (128, 512)
@@ -269,19 +269,6 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join([header, *(line.rstrip() for line in lines)])
 
 
-def write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    """Write JSON to a temporary file in the same folder, then rename: never a half-written file."""
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as temp:
-            json.dump(data, temp, indent=2)
-            temp.write("\n")
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 def parse_stages(text: str | None) -> list[str]:
     """``"polar_transform,..."`` -> stage names (all when None); unknown names raise ConfigError."""
     if text is None:
@@ -314,7 +301,7 @@ def main(args: argparse.Namespace) -> int:
     report = run_benchmarks(config, stage_names)
     print(format_table(report))
     if out is not None:
-        write_json_atomic(report, out)
+        atomic_write_json(out, report)
         print(f"wrote {out}")
     return 0
 

@@ -53,7 +53,6 @@ import io
 import math
 import os
 import re
-import tempfile
 from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +63,7 @@ import torch
 from PIL import Image
 
 from crossview.errors import ConfigError, CrossviewError, ImageReadError
+from crossview.fsio import atomic_write_bytes
 from crossview.geometry.frames import LatLon, wrap_heading_deg
 from crossview.geometry.webmercator import (
     EARTH_EQUATOR_M,
@@ -331,17 +331,8 @@ def _window_slice(window: tuple[int, int]) -> tuple[slice, slice]:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file atomically: a temp file in the same folder, then rename over the target."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600 files: dataset files are meant to be shared
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def _png_bytes(array_chw: np.ndarray) -> bytes:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import uuid
 from pathlib import Path
 
 from crossview.errors import CrossviewError
+from crossview.fsio import atomic_write_bytes
 from crossview.tiles.client import sniff_image_format, tile_image_problem
 
 DEFAULT_CACHE_DIR = "tiles"
@@ -94,7 +94,7 @@ class TileCache:
         path = self.path(x, y, z, ext)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(path, data)
+            atomic_write_bytes(path, data)
         except OSError as error:
             raise TileCacheError(f"cannot write tile cache file {path}: {error}") from None
         for other in CACHE_EXTENSIONS:  # a source that changed format: keep one file per tile
@@ -102,18 +102,3 @@ class TileCache:
                 with contextlib.suppress(OSError):
                     self.path(x, y, z, other).unlink()
         return path
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    # os.open with mode 0o666 respects the umask (mkstemp would make the cache private to its creator).
-    temp_name = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    handle = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        raise
