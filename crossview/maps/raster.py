@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -42,6 +41,7 @@ from rasterio.warp import transform_bounds
 from torch import Tensor
 
 from crossview.errors import CoordinateError, CrossviewError
+from crossview.fsio import atomic_path
 from crossview.geometry.cameras import pixel_centers
 from crossview.geometry.frames import LatLon, LocalFrame, validate_latlon
 
@@ -562,19 +562,19 @@ class GeoRaster:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         profile = self._profile(compress, blocksize)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
         try:
-            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(tmp_name, "w", **profile) as dst:
+            with (
+                atomic_path(path) as temp,
+                rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
+                rasterio.open(temp, "w", **profile) as dst,
+            ):
                 dst.write(self.array)
                 for index, name in enumerate(self.band_names, start=1):
                     dst.set_band_description(index, name)
                 dst.update_tags(**self.tags)
                 if self.valid is not None:
                     dst.write_mask(self.valid.astype(np.uint8) * 255)
-            os.replace(tmp_name, path)
         except (RasterioError, OSError) as error:
-            Path(tmp_name).unlink(missing_ok=True)
             raise MapReadError(f"cannot write {path}: {error}") from None
         return path
 
