@@ -47,6 +47,7 @@ from crossview.encoders.orientation import (
     canvas_mask,
     orientation_scores,
     place_on_canvas,
+    refine_peak,
     shift_to_heading_deg,
     window_start,
     window_width,
@@ -258,7 +259,7 @@ class CrossViewModel(nn.Module):
 
     # ---- matching -------------------------------------------------------------------------------------------
     def similarity(
-        self, ground: GroundEncoding, aerial: AerialEncoding, *, unknown_heading: bool = False
+        self, ground: GroundEncoding, aerial: AerialEncoding, *, unknown_heading: bool = False, subcolumn: bool = True
     ) -> tuple[Tensor, Tensor | None]:
         """Similarity of every ground image to every aerial chip.
 
@@ -267,6 +268,8 @@ class CrossViewModel(nn.Module):
             aerial: encodings of ``Ba`` chips.
             unknown_heading: search the heading (orientation-aware, DSM); also done when
                 ``ground.heading_known`` is False.
+            subcolumn: refine the heading inside the best column step (parabolic peak interpolation);
+                without it, headings are multiples of ``360 / Wc``.
 
         Returns:
             scores: (Bg, Ba); the cosine of the descriptors, or with a heading search the best normalised
@@ -278,7 +281,10 @@ class CrossViewModel(nn.Module):
             return ground.descriptor @ aerial.descriptor.T, None
         total = aerial.columns.shape[-1]
         canvas, mask = place_on_canvas(ground.columns, ground.column_fov, total)
-        scores, shift = orientation_scores(canvas, mask, aerial.columns).max(dim=-1)
+        per_shift = orientation_scores(canvas, mask, aerial.columns)
+        scores, shift = per_shift.max(dim=-1)
+        if subcolumn:
+            shift = refine_peak(per_shift.detach(), shift)
         return scores, shift_to_heading_deg(shift, total)
 
     # ---- refinement -----------------------------------------------------------------------------------------

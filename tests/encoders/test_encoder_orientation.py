@@ -85,7 +85,7 @@ def test_hand_made_columns_give_the_exact_heading_and_similarity_one(shift: int,
     )
     aerial = AerialEncoding(descriptor=torch.zeros(3, 4), columns=aerial_columns)
     model = _matching_only_model()
-    scores, heading = model.similarity(ground, aerial, unknown_heading=True)
+    scores, heading = model.similarity(ground, aerial, unknown_heading=True, subcolumn=False)
     assert heading[0, 1].item() == pytest.approx(360.0 * shift / wc, abs=1e-4)
     assert scores[0, 1].item() == pytest.approx(1.0, abs=1e-5)
     assert scores[0, 1] >= scores[0].max() - 1e-6
@@ -162,3 +162,22 @@ def test_convention_bev_variant_finds_the_heading_of_a_rendered_panorama() -> No
                 scores, heading = model.similarity(ground, aerial, unknown_heading=True)
                 assert circular_angle_diff_deg(heading[0, 0], heading_deg) <= 360 / wc / 2 + 1e-4
                 assert scores[0, 0] > scores[0, 1]
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.3, 2.5, 7.8, 15.6])
+def test_subcolumn_peak_finds_fractional_shifts_of_smooth_columns(shift: float) -> None:
+    """Smooth (low-frequency) column features turned by a fractional number of columns: the parabolic peak
+    recovers the shift within a tenth of a column, the integer search only within half a column."""
+    from crossview.encoders.orientation import orientation_scores, refine_peak
+
+    wc, channels = 16, 6
+    azimuth = torch.arange(wc, dtype=torch.float64) * 2 * torch.pi / wc
+    phases = torch.linspace(0, 2, channels, dtype=torch.float64)[:, None]
+    aerial = torch.cos(azimuth[None, :] + phases)[None]  # (1, C, Wc): one harmonic per channel
+    ground = torch.cos(azimuth[None, :] + 2 * torch.pi * shift / wc + phases)[None]
+    per_shift = orientation_scores(ground, torch.ones(1, wc, dtype=torch.float64), aerial)
+    best = per_shift.argmax(dim=-1)
+    refined = refine_peak(per_shift, best)[0, 0].item()
+    error = (refined - shift + wc / 2) % wc - wc / 2
+    assert abs(error) < 0.1
+    assert abs((best[0, 0].item() - shift + wc / 2) % wc - wc / 2) <= 0.5 + 1e-9
