@@ -35,7 +35,12 @@ class Command:
 
 
 # Modules that define a module-level ``COMMAND: Command``; imported lazily so `crossview --help` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ("crossview.fetch", "crossview.bench")
+COMMAND_MODULES: tuple[str, ...] = (
+    "crossview.fetch",
+    "crossview.train",
+    "crossview.evaluate",
+    "crossview.bench",
+)
 
 
 def _load_commands() -> list[Command]:
