@@ -51,6 +51,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "max_logit_scale": 100.0,  # upper clamp of 1/temperature (keeps the learnable scale stable)
         "triplet_alpha": 10.0,  # SAFA's soft-margin weight: log(1 + exp(alpha * (d_pos - d_neg)))
         "mask_semi_positives": True,  # no in-batch pair whose aerial tile also holds the panorama is a negative
+        "orientation_weight": 0.0,  # > 0: also the contrastive loss on orientation-aware (max over azimuth) scores
+        "heading_weight": 0.0,  # > 0 (with orientation_weight): cross-entropy over azimuth shifts of positives
     },
     "optim": {
         "lr": 1e-4,  # peak learning rate of AdamW (per optimizer step)

@@ -354,17 +354,54 @@ class ContrastiveLoss(nn.Module):
 
 
 class TrainStep(nn.Module):
-    """The network and the loss in one module (what DDP wraps): ``forward`` returns the batch's loss."""
+    """The network and the loss in one module (what DDP wraps): ``forward`` returns the batch's loss.
 
-    def __init__(self, model: nn.Module, loss: ContrastiveLoss, *, unknown_heading: bool) -> None:
+    With ``orientation_weight > 0`` the loss also trains the azimuth column features, from the same forward pass:
+    the contrastive loss on the orientation-aware scores (max over shifts) plus, with ``heading_weight > 0``, a
+    cross-entropy over the shifts of each positive pair whose target is the panorama's heading. Because the
+    panorama branch is equivariant to rolls (it wraps across the seam), north-aligned panoramas teach the
+    column features for every heading, while the descriptor keeps learning north-aligned retrieval.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: ContrastiveLoss,
+        *,
+        unknown_heading: bool,
+        orientation_weight: float = 0.0,
+        heading_weight: float = 0.0,
+        heading_logit_scale: float = 20.0,
+    ) -> None:
         super().__init__()
         self.model, self.loss, self.unknown_heading = model, loss, unknown_heading
+        self.orientation_weight, self.heading_weight = float(orientation_weight), float(heading_weight)
+        self.heading_logit_scale = float(heading_logit_scale)
 
-    def forward(self, pano: torch.Tensor, aerial: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pano: torch.Tensor, aerial: torch.Tensor, mask: torch.Tensor, heading_deg: torch.Tensor | None = None
+    ) -> torch.Tensor:
         ground = self.model.encode_ground(pano, camera="panorama")
         tiles = self.model.encode_aerial(aerial)
         scores, _ = self.model.similarity(ground, tiles, unknown_heading=self.unknown_heading)
-        return self.loss(scores, mask)
+        loss = self.loss(scores, mask)
+        if self.orientation_weight > 0 and not self.unknown_heading:
+            loss = loss + self._orientation_loss(ground, tiles, mask, heading_deg)
+        return loss
+
+    def _orientation_loss(self, ground: Any, tiles: Any, mask: torch.Tensor, heading_deg: torch.Tensor | None) -> Any:
+        from crossview.encoders.orientation import orientation_scores, place_on_canvas
+
+        total = tiles.columns.shape[-1]
+        canvas, canvas_mask = place_on_canvas(ground.columns, ground.column_fov, total)
+        per_shift = orientation_scores(canvas, canvas_mask, tiles.columns)  # (B, B, Wc)
+        loss = self.orientation_weight * self.loss(per_shift.max(dim=-1).values, mask)
+        if self.heading_weight > 0:
+            positive = per_shift.diagonal(dim1=0, dim2=1).T  # (B, Wc): each panorama against its own tile
+            heading = torch.zeros(positive.shape[0]) if heading_deg is None else heading_deg.float().cpu()
+            target = torch.remainder(torch.round(heading * total / 360.0), total).long().to(positive.device)
+            loss = loss + self.heading_weight * F.cross_entropy(positive.float() * self.heading_logit_scale, target)
+        return loss
 
 
 # ---- optimizer and schedule --------------------------------------------------------------------------------
@@ -701,7 +738,13 @@ class Trainer:
         )
         cuda = self.device.type == "cuda"
         self.channels_last = cuda and bool(train["channels_last"])
-        self.step_module = TrainStep(self.model, loss, unknown_heading=self.config["data"]["random_roll"])
+        self.step_module = TrainStep(
+            self.model,
+            loss,
+            unknown_heading=self.config["data"]["random_roll"],
+            orientation_weight=loss_cfg["orientation_weight"],
+            heading_weight=loss_cfg["heading_weight"],
+        )
         self.step_module.to(self.device)
         if self.channels_last:
             self.step_module.to(memory_format=torch.channels_last)
@@ -766,7 +809,8 @@ class Trainer:
         context = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
         with context:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                loss = self.wrapped(pano, aerial, mask)
+                heading = batch.get("heading_deg")
+                loss = self.wrapped(pano, aerial, mask, None if heading is None else torch.as_tensor(heading))
             self.scaler.scale(loss / self.accumulate).backward()
         return float(loss.detach())
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from train_fixtures import TINY_MODEL_OVERRIDES, build_tree, read_metrics_csv, run_cli, train_module_args
+from train_fixtures import TINY_MODEL_OVERRIDES, TINY_SIZES, build_tree, read_metrics_csv, run_cli, train_module_args
 
 from crossview import train as train_module
 from crossview.checkpoints import load_checkpoint
@@ -345,3 +345,27 @@ def test_ddp_two_cpu_processes_with_gloo(tree, tmp_path):
     rows = read_metrics_csv(out / "metrics.csv")
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
     assert all(torch.isfinite(v).all() for v in checkpoint.state_dict.values() if v.is_floating_point())
+
+
+def test_orientation_and_heading_terms_train_the_column_features():
+    """orientation_weight/heading_weight add the azimuth losses: they raise the loss and reach the column heads,
+    which the descriptor loss alone never trains."""
+    from crossview.encoders import get_model
+    from crossview.train import ContrastiveLoss, TrainStep
+
+    torch.manual_seed(0)
+    model = get_model("safa-resnet18-lite", **TINY_SIZES)
+    pano = torch.rand(3, 3, model.config["pano_height"], model.config["pano_width"])
+    aerial = torch.rand(3, 3, model.config["aerial_size"], model.config["aerial_size"])
+    mask = torch.zeros(3, 3, dtype=torch.bool)
+    plain = TrainStep(model, ContrastiveLoss(), unknown_heading=False)
+    joint = TrainStep(model, ContrastiveLoss(), unknown_heading=False, orientation_weight=1.0, heading_weight=0.5)
+    plain_loss = plain(pano, aerial, mask)
+    plain_loss.backward()
+    assert all(p.grad is None for p in model.ground_columns.parameters())
+    model.zero_grad(set_to_none=True)
+    joint_loss = joint(pano, aerial, mask, torch.tensor([0.0, 90.0, 200.0]))
+    joint_loss.backward()
+    assert joint_loss.item() > plain_loss.item()
+    for head in (model.ground_columns, model.aerial_columns):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
