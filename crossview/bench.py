@@ -187,10 +187,26 @@ def bench_osm_rasterize(config: BenchConfig) -> dict[str, Any]:
     return {"unit": "runs", "settings": settings, "variants": variants}
 
 
+def bench_synth(config: BenchConfig) -> dict[str, Any]:
+    """Seconds to generate a synthetic town: 300 m with 100 panoramas 1024x512 (quick: 150 m, 20 panoramas)."""
+    from crossview.data.synth.world import generate_world
+
+    size_m, panoramas = (150.0, 20) if config.quick else (300.0, 100)
+    seconds = []
+    with tempfile.TemporaryDirectory() as folder:
+        for repeat in range(1 if config.quick else 2):
+            start = time.perf_counter()
+            generate_world(Path(folder) / f"world{repeat}", seed=repeat, cities=1, size_m=size_m, panoramas=panoramas)
+            seconds.append(time.perf_counter() - start)
+    settings = {"size_m": size_m, "panoramas": panoramas, "pano_size": [512, 1024], "pinhole_per_pano": 0}
+    return {"unit": "towns", "settings": settings, "variants": {"town": batch_figures(seconds, 1)}}
+
+
 STAGES: dict[str, Callable[[BenchConfig], dict[str, Any]]] = {
     "polar_transform": bench_polar_transform,
     "tile_fetch": bench_tile_fetch,
     "osm_rasterize": bench_osm_rasterize,
+    "synth": bench_synth,
 }
 
 
