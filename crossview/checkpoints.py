@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ import torch
 import crossview
 from crossview import __version__
 from crossview.errors import CrossviewError
+from crossview.fsio import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
     from torch import nn
@@ -138,17 +138,8 @@ def _weights(model: nn.Module, half: bool) -> dict[str, torch.Tensor]:
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as temp:
-            torch.save(obj, temp)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.chmod(temp_name, 0o644)  # mkstemp makes 0600 files: checkpoints are meant to be shared
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp:
+        torch.save(obj, temp)
 
 
 def save_checkpoint(
@@ -453,14 +444,5 @@ def register_model(
     }
     registry = read_registry(folder)
     registry[name] = entry
-    text = json.dumps({"models": dict(sorted(registry.items()))}, indent=2) + "\n"
-    handle, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{REGISTRY_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as temp:
-            temp.write(text)
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, folder / REGISTRY_FILE)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write_text(folder / REGISTRY_FILE, json.dumps({"models": dict(sorted(registry.items()))}, indent=2) + "\n")
     return entry

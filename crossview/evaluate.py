@@ -26,7 +26,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from crossview import __version__
 from crossview.cli import Command
 from crossview.errors import ConfigError
+from crossview.fsio import atomic_write_text
 
 RECALL_KS = (1, 5, 10)
 EVAL_SEED = 0
@@ -428,18 +428,9 @@ def _json_ready(value: Any) -> Any:
 
 
 def write_json_atomic(data: Mapping[str, Any], path: Path) -> None:
-    """Strict JSON to a temporary file in the same folder, then a rename: never a half-written file."""
+    """Strict JSON (NaN written as null) to ``path``, atomically: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as temp:
-            json.dump(_json_ready(data), temp, indent=2, allow_nan=False)
-            temp.write("\n")
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(_json_ready(data), indent=2, allow_nan=False) + "\n")
 
 
 # ---- command line ------------------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ import random
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -51,6 +50,7 @@ from crossview.checkpoints import load_checkpoint, save_checkpoint
 from crossview.cli import Command
 from crossview.config import config_differences, default_config, dump_yaml, merge_config, resolve_config
 from crossview.errors import ConfigError
+from crossview.fsio import atomic_write_text
 
 LAST_CHECKPOINT = "last.pt"
 METRICS_CSV = "metrics.csv"
@@ -1096,15 +1096,7 @@ def train(
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as temp:
-            temp.write(text)
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 # ---- command line ------------------------------------------------------------------------------------------
