@@ -31,7 +31,7 @@ from shapely.geometry import LineString, MultiPoint, Polygon
 
 from crossview.data.synth.noise import fbm_grid, hash_uniform
 from crossview.data.synth.projection import PixelGrid, TownProjection
-from crossview.data.synth.scene import CAR_CABIN, Town
+from crossview.data.synth.scene import CAR_CABIN, Town, box_frame_coords
 
 # ---- ground classes --------------------------------------------------------------------------------------------
 
@@ -279,10 +279,7 @@ class _BoxArrays:
 
     def local_coords(self, index: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Coordinates (along the first axis, along the second) of points relative to box ``index``."""
-        ox, oy = x - self.cx[index], y - self.cy[index]
-        a = ox * self.ax[index] + oy * self.ay[index]
-        b = -ox * self.ay[index] + oy * self.ax[index]
-        return a, b
+        return box_frame_coords(x, y, self.cx[index], self.cy[index], self.ax[index], self.ay[index])
 
 
 # ---- shadows ---------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import numpy as np
 from crossview.data.synth.aerial import Lighting
 from crossview.data.synth.noise import hash_uniform, sample_texture, tileable_texture
 from crossview.data.synth.projection import PixelGrid, TownProjection
-from crossview.data.synth.scene import CAR_BODY_FRACTION, Town
+from crossview.data.synth.scene import CAR_BODY_FRACTION, Town, box_frame_coords
 
 MAX_DISTANCE_M = 200.0
 """Objects farther than this from the camera are not drawn (the ground still is, fading into haze)."""
@@ -534,9 +534,7 @@ class GroundRenderer:
         circle_ny = (y - P.cy[p]) / np.maximum(P.radius[p], 1e-6)
         nx = np.where(is_box, nx, circle_nx)
         ny = np.where(is_box, ny, circle_ny)
-        ox, oy = x - P.cx[p], y - P.cy[p]
-        along_a = ox * ax + oy * ay
-        along_b = -ox * ay + oy * ax
+        along_a, along_b = box_frame_coords(x, y, P.cx[p], P.cy[p], ax, ay)
         s = np.where(axis == 0, along_b + P.half_b[p], along_a + P.half_a[p])
         width = np.where(axis == 0, 2 * P.half_b[p], 2 * P.half_a[p])
         sun = self.scene.lighting.sun_dir

@@ -51,6 +51,15 @@ STREET_NAMES = (
 # ---- geometric primitives --------------------------------------------------------------------------------------
 
 
+def box_frame_coords(
+    x: np.ndarray, y: np.ndarray, cx: np.ndarray, cy: np.ndarray, ax: np.ndarray, ay: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates of points (x, y) in the frame of oriented boxes: along the first axis ``(ax, ay)`` and along the
+    second ``(-ay, ax)``, from the centre ``(cx, cy)`` (metres; arrays broadcast)."""
+    ox, oy = x - cx, y - cy
+    return ox * ax + oy * ay, -ox * ay + oy * ax
+
+
 @dataclass(frozen=True)
 class Box:
     """An oriented rectangle: centre, unit axis ``(ax, ay)`` of its first side, half sizes along it and across.
