@@ -341,7 +341,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 COMMAND = Command(
     name="bench",
-    help="measure the throughput of crossview's stages on this machine",
     description=(
         "Measure the throughput of crossview's stages (median over repeats after a warm-up) and record the\n"
         "machine (CPU, cores, threads, torch and crossview versions, GPU, date).\n\n"

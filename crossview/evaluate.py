@@ -582,7 +582,6 @@ examples:
 
 COMMAND = Command(
     name="eval",
-    help="evaluate a model's retrieval on a VIGOR-layout dataset (recall@k, hit rate, metre errors)",
     description=DESCRIPTION,
     add_arguments=add_arguments,
     run=run,

@@ -301,7 +301,6 @@ def run(args: argparse.Namespace) -> int:
 
 COMMAND = Command(
     name="fetch",
-    help="make a metric map raster of an area from XYZ tiles, a GeoTIFF or OpenStreetMap",
     description="Fetch map data for an area and write it as one north-up GeoTIFF.",
     add_arguments=add_arguments,
     run=run,

@@ -1156,7 +1156,6 @@ examples:
 
 COMMAND = Command(
     name="train",
-    help="train a cross-view encoder on a VIGOR-layout dataset (real or synthetic)",
     description=DESCRIPTION,
     add_arguments=add_arguments,
     run=run,
@@ -1164,16 +1163,10 @@ COMMAND = Command(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m crossview.train ...``: this command alone (e.g. under torchrun before it is registered)."""
+    """``python -m crossview.train ...``: the same as ``crossview train ...``."""
     from crossview import cli
 
-    modules = cli.COMMAND_MODULES
-    if "crossview.train" not in modules:
-        cli.COMMAND_MODULES = (*modules, "crossview.train")
-    try:
-        return cli.main(["train", *(sys.argv[1:] if argv is None else argv)])
-    finally:
-        cli.COMMAND_MODULES = modules
+    return cli.main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

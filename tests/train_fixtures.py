@@ -6,9 +6,8 @@ training step takes a fraction of a second on 2 CPU cores.
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -28,8 +27,6 @@ TINY_MODEL_OVERRIDES = [f"model.{key}={value}" for key, value in TINY_SIZES.item
 CITIES = (("Alpha", 40.7128, -74.006), ("Bravo", 47.6062, -122.3321), ("Charlie", 41.8781, -87.6298))
 PANORAMAS_PER_CITY = 5
 TRAIN_FRACTION = 0.6  # 3 training and 2 test panoramas per city
-
-OUR_COMMANDS = ("crossview.train", "crossview.evaluate")
 
 
 def build_tree(root: Path, cities: int = len(CITIES), *, train_fraction: float = TRAIN_FRACTION) -> dict:
@@ -80,28 +77,14 @@ def tiny_model(seed: int = 0):
     return get_model(MODEL_NAME, **TINY_SIZES)
 
 
-@contextlib.contextmanager
-def our_commands_registered() -> Iterator[None]:
-    """Make ``crossview.cli`` know train and eval (a no-op once the lead has registered them)."""
-    saved = cli.COMMAND_MODULES
-    cli.COMMAND_MODULES = (*saved, *(m for m in OUR_COMMANDS if m not in saved))
-    try:
-        yield
-    finally:
-        cli.COMMAND_MODULES = saved
-
-
 def run_cli(argv: Sequence[str]) -> int:
     """Run ``crossview ARGV`` through the real entry point ``crossview.cli.main``."""
-    with our_commands_registered():
-        return cli.main(list(argv))
+    return cli.main(list(argv))
 
 
 def train_module_args() -> list[str]:
-    """``-m MODULE [train]``: how ``python`` / ``torchrun`` start ``crossview train`` through the real CLI."""
-    if "crossview.train" in cli.COMMAND_MODULES:
-        return ["-m", "crossview", "train"]
-    return ["-m", "crossview.train"]  # registers the command, then calls crossview.cli.main(["train", ...])
+    """``-m crossview train``: how ``python`` / ``torchrun`` start ``crossview train`` through the real CLI."""
+    return ["-m", "crossview", "train"]
 
 
 def read_metrics_csv(path: Path) -> list[dict[str, float]]:

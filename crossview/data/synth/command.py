@@ -92,7 +92,6 @@ def main(args: argparse.Namespace) -> int:
 
 COMMAND = Command(
     name="synth",
-    help="generate a synthetic VIGOR-style world (towns, aerial maps, OSM, ray-cast panoramas)",
     description=(
         "Generate a synthetic world in the VIGOR layout, deterministically from --seed: for each town (real\n"
         "latitudes and longitudes on both hemispheres) an aerial orthophoto <City>/map.tif (EPSG:3857, zoom-20\n"
