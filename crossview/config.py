@@ -38,6 +38,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "corrected": False,  # read SliceMatch's __corrected label files
         "augment": False,  # paired flip + 90-degree rotation of panorama and aerial tile
         "random_roll": False,  # roll panoramas randomly: trains for unknown heading (orientation-aware loss)
+        "flip": False,  # mirror panorama and tile together (keeps north-aligned panoramas north-aligned)
+        "photometric": False,  # independent colour jitter of panorama and tile (generalises across palettes)
         "num_workers": 0,  # DataLoader worker processes (does not change the results)
     },
     "sampler": {
@@ -252,7 +254,7 @@ def validate_config(config: Mapping[str, Any]) -> None:
         isinstance(cities, list) and bool(cities) and all(isinstance(c, str) and c for c in cities)
     )
     _check(valid_cities, "data.cities", cities, "null or a non-empty list of city names")
-    for key in ("corrected", "augment", "random_roll"):
+    for key in ("corrected", "augment", "random_roll", "flip", "photometric"):
         _check(isinstance(data[key], bool), f"data.{key}", data[key], "true or false")
     _check(_is_int(data["num_workers"]) and data["num_workers"] >= 0, "data.num_workers", data["num_workers"], ">= 0")
     _check(sampler["mode"] in ("gps", "random"), "sampler.mode", sampler["mode"], "'gps' or 'random'")

@@ -669,6 +669,8 @@ def build_train_dataset(root: str | os.PathLike[str], config: Mapping[str, Any],
         aerial_size=model_config.get("aerial_size"),
         augment=data["augment"],
         random_roll=data["random_roll"],
+        flip=data["flip"],
+        photometric=data["photometric"],
         seed=int(config["seed"]),
     )
 

@@ -588,6 +588,47 @@ def rotate_tile_px(px_rc: tuple[float, float], size_px: float, quarter_turns_cw:
     return row, col
 
 
+PHOTOMETRIC_RANGES = {
+    "gain": (0.7, 1.3),  # brightness multiplier
+    "contrast": (0.7, 1.3),  # scale of the deviations from the image mean
+    "saturation": (0.4, 1.5),  # scale of the chroma around the luminance
+    "hue_deg": (-30.0, 30.0),  # rotation of the chroma plane
+}
+GRAYSCALE_PROBABILITY = 0.1
+LUMA_RGB = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def photometric_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random brightness, contrast, saturation and hue of an RGB image (or a stack of them), clipped to [0, 1].
+
+    The draws (:data:`PHOTOMETRIC_RANGES`, grayscale with :data:`GRAYSCALE_PROBABILITY`) are shared by every image
+    of a stack. Each synthetic town has its own palette and sun, real cities their own seasons and sensors: the
+    jitter keeps a model from relying on colours that a new place does not share.
+
+    Args:
+        image: (..., 3, H, W) float in [0, 1].
+        rng: the item's generator.
+
+    Returns:
+        (..., 3, H, W) float32 in [0, 1].
+    """
+    gain, contrast, saturation, hue_deg = (rng.uniform(*PHOTOMETRIC_RANGES[k]) for k in PHOTOMETRIC_RANGES)
+    gray = rng.random() < GRAYSCALE_PROBABILITY
+    luma = np.einsum("c,...chw->...hw", LUMA_RGB, image)[..., None, :, :]
+    chroma = image - luma
+    # Rotate the chroma about the gray axis (Rodrigues' formula about (1, 1, 1) / sqrt 3; the axis part of a
+    # chroma vector is small and kept), then scale it.
+    angle = np.deg2rad(hue_deg)
+    axis = np.full(3, 1.0 / np.sqrt(3.0))
+    cross = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+    rotation = np.eye(3) + np.sin(angle) * cross + (1.0 - np.cos(angle)) * cross @ cross
+    chroma = np.einsum("dc,...chw->...dhw", rotation.astype(np.float32), chroma)
+    out = luma + (0.0 if gray else saturation) * chroma
+    mean = out.mean(axis=(-3, -2, -1), keepdims=True)
+    out = (mean + contrast * (out - mean)) * gain
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
 def rotate_tile(image: np.ndarray, quarter_turns_cw: int) -> np.ndarray:
     """Rotate (..., S, S) images by ``quarter_turns_cw`` x 90 degrees clockwise (as displayed, row 0 on top)."""
     return np.rot90(image, -(quarter_turns_cw % 4), axes=(-2, -1))
@@ -621,6 +662,8 @@ class VigorDataset(torch.utils.data.Dataset):
         semi_positives: also return the 3 semi-positive tiles.
         augment: paired random flip + rotation by a multiple of 90 degrees (module docstring).
         random_roll: roll the panorama by a random number of columns.
+        flip: mirror panorama and tile together with probability 1/2 (heading-preserving for heading 0).
+        photometric: independent colour jitter of the panorama and of the tiles (:func:`photometric_jitter`).
         seed: seed of the augmentations (items are then a function of seed, epoch and index); None for fresh
             randomness on every call.
         validate_files: check at construction that every panorama and tile file exists inside the root.
@@ -645,6 +688,8 @@ class VigorDataset(torch.utils.data.Dataset):
         semi_positives: bool = False,
         augment: bool = False,
         random_roll: bool = False,
+        flip: bool = False,
+        photometric: bool = False,
         seed: int | None = None,
         validate_files: bool = True,
     ) -> None:
@@ -661,6 +706,7 @@ class VigorDataset(torch.utils.data.Dataset):
         size = _check_size(aerial_size, "aerial_size", 1)
         self.aerial_size = size[0] if size else None
         self.semi_positives, self.augment, self.random_roll = bool(semi_positives), bool(augment), bool(random_roll)
+        self.flip, self.photometric = bool(flip), bool(photometric)
         self.seed, self._epoch = seed, 0
         self._cities = self._select_cities(cities)
         self._listings: dict[tuple[str, str], dict[str, bool]] = {}
@@ -864,4 +910,10 @@ class VigorDataset(torch.utils.data.Dataset):
             tiles = rotate_tile(tiles, turns)
             px = [rotate_tile_px(p, size_px, turns) for p in px]
             heading_deg += 90.0 * turns
+        elif self.flip and rng.random() < 0.5:
+            pano, tiles = pano[..., ::-1], tiles[..., ::-1]
+            px = [flip_tile_px(p, tiles.shape[-1]) for p in px]
+            heading_deg = -heading_deg
+        if self.photometric:
+            pano, tiles = photometric_jitter(pano, rng), photometric_jitter(tiles, rng)
         return np.ascontiguousarray(pano), np.ascontiguousarray(tiles), px, float(wrap_heading_deg(heading_deg))

@@ -30,7 +30,7 @@ from PIL import Image
 from crossview.cli import build_parser
 from crossview.data.synth import world as world_module
 from crossview.data.synth.command import COMMAND
-from crossview.data.synth.places import select_places
+from crossview.data.synth.places import place_for_seed, select_places
 from crossview.data.synth.render import HIT_GROUND, RayCaster, SceneGeometry, panorama_view, pinhole_view
 from crossview.data.synth.world import POSES_HEADER, city_model, generate_world
 from crossview.data.vigor import VigorDataset, parse_pano_name
@@ -221,7 +221,7 @@ class _Truth:
 
 @pytest.fixture(scope="module")
 def model(world) -> _Truth:
-    town_model = city_model(select_places([CITY])[0], seed=WORLD["seed"], size_m=WORLD["size_m"])
+    town_model = city_model(place_for_seed(select_places([CITY])[0], WORLD["seed"]), seed=WORLD["seed"], size_m=WORLD["size_m"])
     town = town_model.town
     shapes = [shapely.Point(t.x, t.y).buffer(t.crown_radius_m + 0.15) for t in town.trees]
     shapes += [c.box.polygon().buffer(0.15) for c in town.cars] + [b.footprint().buffer(0.15) for b in town.buildings]
@@ -330,7 +330,7 @@ def test_cli_places_towns_in_their_hemispheres(world, tmp_path, capsys):
             centre = src.xy(src.height / 2, src.width / 2, offset="ul")
             c_lon, c_lat = rasterio.warp.transform(src.crs, "EPSG:4326", [centre[0]], [centre[1]])
         assert np.sign(c_lat[0]) == np.sign(lat) and np.sign(c_lon[0]) == np.sign(lon)
-        assert abs(c_lat[0] - lat) < 0.005 and abs(c_lon[0] - lon) < 0.005
+        assert abs(c_lat[0] - lat) < 0.1 and abs(c_lon[0] - lon) < 0.2  # the seed moves a town by up to 8 km
     assert json.loads((out / "synth.json").read_text())["towns"][0]["utm_epsg"] == 32723  # UTM 23 south
 
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from crossview.data.synth.aerial import BUILDING_BASE, AerialRenderer
 from crossview.data.synth.noise import fbm_grid, sample_texture, tileable_texture
-from crossview.data.synth.places import PLACES, select_places
+from crossview.data.synth.places import PLACES, SEED_OFFSET_STEP_M, place_for_seed, select_places
 from crossview.data.synth.projection import PixelGrid, TownProjection
 from crossview.data.synth.render import (
     HIT_CROWN,
@@ -366,3 +366,22 @@ def test_town_layout_rules(town):
     assert not shapely.contains(buildings, trunks).any(), "a tree grows inside a building"
     for tree in town.trees:
         assert tree.crown_bottom_m > 1.0 and tree.height_m > tree.crown_bottom_m
+
+
+def test_seeds_move_towns_so_worlds_can_be_merged():
+    """Different seeds give different town centres (hence tile and panorama names); seed 0 keeps the place."""
+    for place in PLACES:
+        assert place_for_seed(place, 0) == place
+        centres = {(moved.lat, moved.lon) for moved in (place_for_seed(place, seed) for seed in range(1, 41))}
+        assert len(centres) >= 38  # 1681 possible offsets: a collision among 40 seeds is rare, never systematic
+        for seed in (1, 7, 999):
+            moved = place_for_seed(place, seed)
+            frame = LocalFrame.from_center(lat=place.lat, lon=place.lon)
+            x0, y0 = frame.to_xy(lat=place.lat, lon=place.lon)
+            x1, y1 = frame.to_xy(lat=moved.lat, lon=moved.lon)
+            assert math.hypot(x1 - x0, y1 - y0) <= math.sqrt(2) * 20 * SEED_OFFSET_STEP_M * 1.01
+    bergen = select_places(["Bergen"])[0]
+    for seed in range(1, 60):
+        moved = place_for_seed(bergen, seed)
+        frame = LocalFrame.from_center(lat=moved.lat, lon=moved.lon)
+        assert frame.convergence_deg(lat=moved.lat, lon=moved.lon) < -3.0

@@ -36,6 +36,7 @@ from crossview.data.vigor import (
     format_satellite_name,
     parse_pano_name,
     parse_satellite_name,
+    photometric_jitter,
     rotate_tile,
     rotate_tile_px,
     write_vigor_city,
@@ -592,6 +593,58 @@ def test_flip_is_drawn_and_mirrors_both_views(world):
         assert torch.equal(item["pano"], plain["pano"].flip(-1) if flipped else plain["pano"])
         seen.add(flipped)
     assert seen == {True, False}
+
+
+def test_flip_alone_keeps_north_aligned_panoramas_north_aligned(world):
+    root, _ = world
+    plain = _dataset(root)
+    seen = set()
+    for seed in range(8):
+        dataset = _dataset(root, flip=True, seed=seed)
+        for i in range(len(dataset)):
+            item = dataset[i]
+            assert item["heading_deg"] == 0.0
+            flipped = torch.equal(item["aerial"], plain[i]["aerial"].flip(-1))
+            assert flipped or torch.equal(item["aerial"], plain[i]["aerial"])
+            assert torch.equal(item["pano"], plain[i]["pano"].flip(-1) if flipped else plain[i]["pano"])
+            row, col = item["pano_px_in_tile"].tolist()
+            assert np.allclose(blue_centroid(item["aerial"].numpy(), row, col, 0.0, 12.0), (row, col), atol=0.25)
+            u = bright_column_u(item["pano"].numpy())
+            seen_deg = (u / PANO_WIDTH - 0.5) * 360.0
+            assert _angle_error_deg(seen_deg, _pointer_azimuth_in_tile(item)) < 2.5
+            seen.add(flipped)
+    assert seen == {True, False}
+
+
+def test_photometric_jitter_is_a_chroma_rotation_then_scalings(monkeypatch):
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 8, 10)).astype(np.float32) * 0.5 + 0.25
+    fixed = {"gain": (1.0, 1.0), "contrast": (1.0, 1.0), "saturation": (1.0, 1.0), "hue_deg": (120.0, 120.0)}
+    monkeypatch.setattr("crossview.data.vigor.PHOTOMETRIC_RANGES", fixed)
+    monkeypatch.setattr("crossview.data.vigor.GRAYSCALE_PROBABILITY", 0.0)
+    # A 120-degree turn about the gray axis is a cyclic permutation of the channels: red -> green -> blue.
+    assert np.allclose(photometric_jitter(image, rng), image[[2, 0, 1]], atol=1e-5)
+    fixed.update(hue_deg=(0.0, 0.0), saturation=(0.0, 0.0), gain=(0.5, 0.5))
+    luma = 0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]
+    assert np.allclose(photometric_jitter(image, rng), 0.5 * np.broadcast_to(luma, image.shape), atol=1e-5)
+    fixed.update(saturation=(1.0, 1.0), gain=(1.0, 1.0), contrast=(0.5, 0.5))
+    expected = image.mean() + 0.5 * (image - image.mean())
+    assert np.allclose(photometric_jitter(image, rng), expected, atol=1e-5)
+
+
+def test_photometric_augmentation_jitters_views_independently_and_keeps_geometry(world):
+    root, _ = world
+    plain = _dataset(root)[0]
+    items = [_dataset(root, photometric=True, seed=seed)[0] for seed in range(4)]
+    for item in items:
+        assert item["heading_deg"] == 0.0 and torch.equal(item["pano_px_in_tile"], plain["pano_px_in_tile"])
+        assert 0.0 <= float(item["pano"].min()) and float(item["pano"].max()) <= 1.0
+        assert not torch.allclose(item["pano"], plain["pano"], atol=1e-3)
+        ratio_pano = (item["pano"].mean() / plain["pano"].mean()).item()
+        ratio_tile = (item["aerial"].mean() / plain["aerial"].mean()).item()
+        assert abs(ratio_pano - ratio_tile) > 1e-3  # separate draws for the two views
+    again = _dataset(root, photometric=True, seed=0)[0]
+    assert torch.equal(again["pano"], items[0]["pano"]) and torch.equal(again["aerial"], items[0]["aerial"])
 
 
 def test_seeded_augmentation_is_reproducible_and_changes_with_epoch(world):

@@ -6,7 +6,9 @@ world can never be mistaken for, or mixed into, the real dataset's folders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import math
+from dataclasses import dataclass, replace
 
 from crossview.errors import ConfigError
 
@@ -58,3 +60,29 @@ def select_places(cities: int | str | list[str] | tuple[str, ...]) -> list[Place
     if not chosen:
         raise ConfigError("no town given: pass a count or at least one town name")
     return chosen
+
+
+SEED_OFFSET_STEP_M = 400.0
+"""Spacing of the seed-dependent town offsets (more than a town's 300 m core plus margin is not needed: towns of
+different seeds may overlap in space, only their tile names must differ, and they do when the centres differ)."""
+SEED_OFFSET_STEPS = 20
+"""Offsets reach +/- 20 steps (8 km) east and north: enough for 1681 distinct centres per place, small enough to
+keep each place's character (Bergen's convergence stays below -3.0 degrees)."""
+
+
+def place_for_seed(place: Place, seed: int) -> Place:
+    """The place moved by a seed-dependent offset of whole ``SEED_OFFSET_STEP_M`` steps east and north.
+
+    Worlds made with different seeds then have different panorama and tile names (they carry coordinates), so
+    several worlds can be merged into one training set. Seed 0 keeps the place's own centre.
+    """
+    if seed == 0:
+        return place
+    digest = hashlib.sha256(f"{place.name}:{seed}".encode()).digest()
+    span = 2 * SEED_OFFSET_STEPS + 1
+    east_m = (digest[0] * 256 + digest[1]) % span - SEED_OFFSET_STEPS
+    north_m = (digest[2] * 256 + digest[3]) % span - SEED_OFFSET_STEPS
+    east_m, north_m = east_m * SEED_OFFSET_STEP_M, north_m * SEED_OFFSET_STEP_M
+    lat = place.lat + math.degrees(north_m / 6_371_008.8)
+    lon = place.lon + math.degrees(east_m / (6_371_008.8 * math.cos(math.radians(place.lat))))
+    return replace(place, lat=round(lat, 6), lon=round(lon, 6))

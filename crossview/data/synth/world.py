@@ -38,7 +38,7 @@ from shapely.geometry import Polygon
 from crossview import __version__
 from crossview.data.synth.aerial import ROAD, SIDEWALK, AerialRenderer, GroundRasters, box_downsample, worker_count
 from crossview.data.synth.osmxml import town_to_osm_xml, write_osm
-from crossview.data.synth.places import Place, select_places
+from crossview.data.synth.places import Place, place_for_seed, select_places
 from crossview.data.synth.projection import PixelGrid, TownProjection
 from crossview.data.synth.render import GroundLevel, GroundRenderer, GroundScene, panorama_view, pinhole_view
 from crossview.data.synth.scene import Town, generate_town
@@ -119,7 +119,7 @@ def check_settings(
         raise ConfigError(f"--size-m {size_m!r}: must be between {low:g} and {high:g} metres")
     return WorldSettings(
         seed=seed,
-        places=tuple(select_places(cities)),
+        places=tuple(place_for_seed(place, seed) for place in select_places(cities)),
         size_m=size,
         panoramas=_positive_int(panoramas, "--panoramas", maximum=MAX_PANORAMAS),
         pinhole_per_pano=_positive_int(pinhole_per_pano, "--pinhole-per-pano", minimum=0, maximum=MAX_PINHOLES),
