@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "evaluate a model's retrieval on a VIGOR-layout dataset (recall@k, hit rate, metre errors)",
     ),
     "bench": ("crossview.bench", "measure the throughput of crossview's stages on this machine"),
+    "plot": ("crossview.plot", "plot located images (heading arrows, uncertainty ellipses, truth) over their map"),
 }
 
 

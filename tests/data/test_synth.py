@@ -221,7 +221,9 @@ class _Truth:
 
 @pytest.fixture(scope="module")
 def model(world) -> _Truth:
-    town_model = city_model(place_for_seed(select_places([CITY])[0], WORLD["seed"]), seed=WORLD["seed"], size_m=WORLD["size_m"])
+    town_model = city_model(
+        place_for_seed(select_places([CITY])[0], WORLD["seed"]), seed=WORLD["seed"], size_m=WORLD["size_m"]
+    )
     town = town_model.town
     shapes = [shapely.Point(t.x, t.y).buffer(t.crown_radius_m + 0.15) for t in town.trees]
     shapes += [c.box.polygon().buffer(0.15) for c in town.cars] + [b.footprint().buffer(0.15) for b in town.buildings]

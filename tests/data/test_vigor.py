@@ -638,7 +638,7 @@ def test_photometric_augmentation_jitters_views_independently_and_keeps_geometry
     items = [_dataset(root, photometric=True, seed=seed)[0] for seed in range(4)]
     for item in items:
         assert item["heading_deg"] == 0.0 and torch.equal(item["pano_px_in_tile"], plain["pano_px_in_tile"])
-        assert 0.0 <= float(item["pano"].min()) and float(item["pano"].max()) <= 1.0
+        assert float(item["pano"].min()) >= 0.0 and float(item["pano"].max()) <= 1.0
         assert not torch.allclose(item["pano"], plain["pano"], atol=1e-3)
         ratio_pano = (item["pano"].mean() / plain["pano"].mean()).item()
         ratio_tile = (item["aerial"].mean() / plain["aerial"].mean()).item()
