@@ -71,6 +71,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "amp": True,  # bfloat16/float16 mixed precision (CUDA only; ignored on CPU)
         "channels_last": True,  # channels-last memory format (CUDA only; ignored on CPU)
         "keep_checkpoints": 3,  # epoch-NNN.pt files kept besides last.pt (0: only last.pt)
+        "init_from": None,  # a checkpoint path or registered model name whose weights start the run (fine-tuning)
     },
     "log": {
         "every_steps": 10,  # optimizer steps between rows of metrics.csv (and TensorBoard points)
@@ -270,6 +271,13 @@ def validate_config(config: Mapping[str, Any]) -> None:
     _check(_is_int(batch) and batch >= 2, "train.batch_size", batch, "an integer >= 2 (in-batch negatives)")
     for key in ("amp", "channels_last"):
         _check(isinstance(train[key], bool), f"train.{key}", train[key], "true or false")
+    init_from = train["init_from"]
+    _check(
+        init_from is None or (isinstance(init_from, str) and init_from),
+        "train.init_from",
+        init_from,
+        "null, a checkpoint path or a registered model name",
+    )
     keep = train["keep_checkpoints"]
     _check(_is_int(keep) and keep >= 0, "train.keep_checkpoints", keep, "an integer >= 0")
     every = config["log"]["every_steps"]

@@ -650,7 +650,30 @@ def build_model(config: Mapping[str, Any], *, pretrained: bool = True) -> nn.Mod
     model_section = dict(config["model"])
     name = model_section.pop("name")
     torch.manual_seed(int(config["seed"]))
-    return model_from_config(model_config(name, **model_section), load_pretrained=pretrained)
+    resolved = model_config(name, **model_section)
+    init_from = config["train"].get("init_from")
+    model = model_from_config(resolved, load_pretrained=pretrained and not init_from)
+    if init_from and pretrained:
+        _load_initial_weights(model, resolved, init_from)
+    return model
+
+
+def _load_initial_weights(model: nn.Module, resolved: Mapping[str, Any], init_from: str) -> None:
+    """Start from a checkpoint's weights (``train.init_from``); its model config must equal the run's."""
+    from crossview.checkpoints import CheckpointError, load_checkpoint
+
+    checkpoint = load_checkpoint(init_from)
+    if checkpoint.model_config != dict(resolved):
+        differing = sorted(
+            key
+            for key in set(checkpoint.model_config) | set(resolved)
+            if checkpoint.model_config.get(key) != resolved.get(key)
+        )
+        raise ConfigError(f"train.init_from={init_from}: its model config differs from the run's in {differing}")
+    try:
+        model.load_state_dict(checkpoint.state_dict, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"train.init_from={init_from}: weights do not fit the model") from error
 
 
 def build_train_dataset(root: str | os.PathLike[str], config: Mapping[str, Any], model_config: Mapping) -> Any:

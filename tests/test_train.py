@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -369,3 +370,24 @@ def test_orientation_and_heading_terms_train_the_column_features():
     assert joint_loss.item() > plain_loss.item()
     for head in (model.ground_columns, model.aerial_columns):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+
+
+def test_init_from_starts_a_run_from_a_checkpoints_weights(tree, tmp_path):
+    """Fine-tuning: ``train.init_from`` loads the weights (and nothing else); a different architecture is refused."""
+    from crossview.train import build_model
+
+    first = tmp_path / "first"
+    options = [*BASE, "train.epochs=1", "train.keep_checkpoints=0", "data.photometric=true", "data.flip=true"]
+    assert _train(tree, first, *options) == 0
+    source = load_checkpoint(first / "last.pt")
+    config = copy.deepcopy(source.config)
+    config["train"]["init_from"] = str(first / "last.pt")
+    config["seed"] = source.config["seed"] + 1  # a different random initialisation is overwritten
+    started = build_model(config).state_dict()
+    assert all(torch.equal(started[key], value) for key, value in source.state_dict.items())
+    config["model"]["pano_width"] = config["model"]["polar_width"] = 128
+    with pytest.raises(ConfigError, match=r"init_from.*pano_width"):
+        build_model(config)
+    second = tmp_path / "second"
+    assert _train(tree, second, *options, f"train.init_from={first / 'last.pt'}") == 0
+    assert load_checkpoint(second / "last.pt").config["train"]["init_from"] == str(first / "last.pt")
