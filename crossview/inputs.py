@@ -21,21 +21,19 @@ import importlib.util
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from crossview.errors import CameraError, ConfigError, CrossviewError, ImageReadError
+from crossview.export.records import CameraInfo, Prior
 from crossview.imagemeta import MAX_IMAGE_PIXELS, ImageMetadata, read_image_metadata
 
 __all__ = [
     "DEFAULT_HFOV_DEG",
     "IMAGE_SUFFIXES",
-    "CameraSpec",
     "InputError",
-    "Prior",
     "choose_camera",
     "discover_images",
     "hfov_from_focal_35mm",
@@ -144,26 +142,6 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_IMAGE_PIXE
 # ---- camera ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CameraSpec:
-    """The camera of one image.
-
-    Attributes:
-        model: ``"panorama"`` or ``"pinhole"``.
-        hfov_deg: horizontal field of view, degrees (360 for a panorama).
-        height_m: camera height above the ground, metres.
-        hfov_source: ``"panorama"``, ``"exif"`` (FocalLengthIn35mmFilm), ``"cli"`` (--hfov) or ``"default"``.
-    """
-
-    model: str
-    hfov_deg: float
-    height_m: float
-    hfov_source: str
-
-    def to_dict(self) -> dict[str, object]:
-        return {"model": self.model, "hfov_deg": round(self.hfov_deg, 3), "height_m": self.height_m}
-
-
 def hfov_from_focal_35mm(focal_35mm: float) -> float:
     """Horizontal field of view (degrees) of a 35 mm-equivalent focal length (mm) across the long side."""
     return math.degrees(2.0 * math.atan(18.0 / focal_35mm))
@@ -180,8 +158,11 @@ def choose_camera(
     camera: str = "auto",
     hfov_deg: float | None = None,
     height_m: float,
-) -> CameraSpec:
+) -> CameraInfo:
     """The camera of an image (module docstring: ``auto``), or the one forced by ``camera``.
+
+    Returns:
+        a :class:`crossview.export.records.CameraInfo` (model, hfov_deg, height_m).
 
     Raises:
         CameraError: ``camera="panorama"`` for an image that is not 2:1.
@@ -197,55 +178,31 @@ def choose_camera(
             raise CameraError(
                 f"{metadata.path}: --camera panorama needs a 2:1 image, got {metadata.width}x{metadata.height}"
             )
-        return CameraSpec("panorama", 360.0, height_m, "panorama")
+        return CameraInfo("panorama", 360.0, height_m)
     if metadata.focal_length_35mm is not None:
-        return CameraSpec("pinhole", hfov_from_focal_35mm(metadata.focal_length_35mm), height_m, "exif")
+        return CameraInfo("pinhole", hfov_from_focal_35mm(metadata.focal_length_35mm), height_m)
     if hfov_deg is not None:
-        return CameraSpec("pinhole", float(hfov_deg), height_m, "cli")
-    return CameraSpec("pinhole", DEFAULT_HFOV_DEG, height_m, "default")
+        return CameraInfo("pinhole", float(hfov_deg), height_m)
+    return CameraInfo("pinhole", DEFAULT_HFOV_DEG, height_m)
 
 
 # ---- prior -------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Prior:
-    """Where an image can be and which way it may face.
-
-    Attributes:
-        source: ``"exif"`` (GPS tags), ``"cli"`` (given on the command line) or ``"none"`` (the whole map).
-        lat, lon: centre of the search circle, WGS84 degrees (None for ``"none"``).
-        radius_m: radius of the search circle, metres (None for ``"none"``).
-        heading_deg: heading prior, degrees clockwise from true north, or None.
-        heading_source: the EXIF tag the heading came from, or None.
-    """
-
-    source: str
-    lat: float | None = None
-    lon: float | None = None
-    radius_m: float | None = None
-    heading_deg: float | None = None
-    heading_source: str | None = None
-
-    def to_dict(self) -> dict[str, object]:
-        record: dict[str, object] = {"source": self.source, "radius_m": self.radius_m}
-        if self.lat is not None:
-            record.update(lat=round(self.lat, 7), lon=round(self.lon, 7))
-        if self.heading_deg is not None:
-            record.update(heading_deg=round(self.heading_deg, 3), heading_source=self.heading_source)
-        return record
-
-
 def prior_from_metadata(
     metadata: ImageMetadata, *, prior_radius_m: float, use_gps: bool = True, use_heading: bool = True
 ) -> Prior:
-    """The prior EXIF gives an image (module docstring), or ``Prior("none")`` without GPS tags."""
-    heading, heading_source = None, None
+    """The prior EXIF gives an image (module docstring), or ``Prior("none")`` without GPS tags.
+
+    Returns:
+        a :class:`crossview.export.records.Prior` (the record written with the result).
+    """
+    heading = None
     if use_heading and metadata.heading_deg is not None and metadata.heading_ref != "M":
-        heading, heading_source = float(metadata.heading_deg), metadata.heading_source
+        heading = float(metadata.heading_deg)
     if not (use_gps and metadata.has_position):
-        return Prior("none", heading_deg=heading, heading_source=heading_source)
+        return Prior("none", heading_deg=heading)
     radius = prior_radius_m
     if metadata.gps_error_m is not None:
         radius = max(EXIF_RADIUS_SIGMAS * metadata.gps_error_m, MIN_EXIF_RADIUS_M)
-    return Prior("exif", metadata.lat, metadata.lon, float(radius), heading, heading_source)
+    return Prior("exif", float(radius), metadata.lat, metadata.lon, heading)

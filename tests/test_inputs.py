@@ -95,7 +95,7 @@ def test_camera_auto_panorama_pinhole_from_exif_cli_and_default(tmp_path):
     exif_camera = choose_camera(
         _metadata(tmp_path, (160, 120), exif_ifd={TAG.FocalLengthIn35mmFilm: 18}), hfov_deg=50.0, height_m=1.5
     )
-    assert exif_camera.model == "pinhole" and exif_camera.hfov_source == "exif"
+    assert exif_camera.model == "pinhole"
     assert exif_camera.hfov_deg == pytest.approx(90.0)  # f35 = 18 mm: half of the 36 mm film width
     plain = _metadata(tmp_path, (160, 120))
     assert choose_camera(plain, hfov_deg=50.0, height_m=1.5).hfov_deg == 50.0
@@ -121,7 +121,7 @@ def test_exif_prior_radius_and_heading(tmp_path):
     prior = prior_from_metadata(_metadata(tmp_path, (40, 30), gps=gps), prior_radius_m=100.0)
     assert prior.source == "exif" and prior.radius_m == pytest.approx(36.0)  # 3 x 12 m
     assert prior.lat == pytest.approx(48.85) and prior.lon == pytest.approx(2.35)
-    assert prior.heading_deg == pytest.approx(135.5) and prior.heading_source == "GPSImgDirection"
+    assert prior.heading_deg == pytest.approx(135.5)
     precise = {**gps_position(48.85, 2.35), GPS.GPSHPositioningError: IFDRational(1, 1)}
     assert prior_from_metadata(_metadata(tmp_path, (40, 30), gps=precise), prior_radius_m=100.0).radius_m == (
         MIN_EXIF_RADIUS_M
