@@ -55,6 +55,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "mask_semi_positives": True,  # no in-batch pair whose aerial tile also holds the panorama is a negative
         "orientation_weight": 0.0,  # > 0: also the contrastive loss on orientation-aware (max over azimuth) scores
         "heading_weight": 0.0,  # > 0 (with orientation_weight): cross-entropy over azimuth shifts of positives
+        "refine_weight": 0.0,  # > 0: dense correspondence loss on the refinement features (LM refiner)
+        "refine_camera_height_m": 2.0,  # camera height assumed by that loss, metres
     },
     "optim": {
         "lr": 1e-4,  # peak learning rate of AdamW (per optimizer step)
@@ -261,8 +263,10 @@ def validate_config(config: Mapping[str, Any]) -> None:
     _check(sampler["mode"] in ("gps", "random"), "sampler.mode", sampler["mode"], "'gps' or 'random'")
     _check(_is_number(sampler["cell_m"]) and sampler["cell_m"] > 0, "sampler.cell_m", sampler["cell_m"], "> 0")
     _check(loss["type"] in ("infonce", "triplet"), "loss.type", loss["type"], "'infonce' or 'triplet'")
-    for key in ("temperature", "max_logit_scale", "triplet_alpha"):
+    for key in ("temperature", "max_logit_scale", "triplet_alpha", "refine_camera_height_m"):
         _check(_is_number(loss[key]) and loss[key] > 0, f"loss.{key}", loss[key], "a positive number")
+    for key in ("orientation_weight", "heading_weight", "refine_weight"):
+        _check(_is_number(loss[key]) and loss[key] >= 0, f"loss.{key}", loss[key], "a number >= 0")
     for key in ("learn_temperature", "mask_semi_positives"):
         _check(isinstance(loss[key], bool), f"loss.{key}", loss[key], "true or false")
     _validate_optim(optim)

@@ -372,14 +372,23 @@ class TrainStep(nn.Module):
         orientation_weight: float = 0.0,
         heading_weight: float = 0.0,
         heading_logit_scale: float = 20.0,
+        refine_weight: float = 0.0,
+        refine_camera_height_m: float = 2.0,
     ) -> None:
         super().__init__()
         self.model, self.loss, self.unknown_heading = model, loss, unknown_heading
         self.orientation_weight, self.heading_weight = float(orientation_weight), float(heading_weight)
         self.heading_logit_scale = float(heading_logit_scale)
+        self.refine_weight, self.refine_camera_height_m = float(refine_weight), float(refine_camera_height_m)
 
     def forward(
-        self, pano: torch.Tensor, aerial: torch.Tensor, mask: torch.Tensor, heading_deg: torch.Tensor | None = None
+        self,
+        pano: torch.Tensor,
+        aerial: torch.Tensor,
+        mask: torch.Tensor,
+        heading_deg: torch.Tensor | None = None,
+        px_in_tile: torch.Tensor | None = None,
+        mpp: torch.Tensor | None = None,
     ) -> torch.Tensor:
         ground = self.model.encode_ground(pano, camera="panorama")
         tiles = self.model.encode_aerial(aerial)
@@ -387,7 +396,34 @@ class TrainStep(nn.Module):
         loss = self.loss(scores, mask)
         if self.orientation_weight > 0 and not self.unknown_heading:
             loss = loss + self._orientation_loss(ground, tiles, mask, heading_deg)
+        if self.refine_weight > 0 and px_in_tile is not None and mpp is not None:
+            loss = loss + self.refine_weight * self._refine_loss(pano, aerial, heading_deg, px_in_tile, mpp)
         return loss
+
+    def _refine_loss(
+        self, pano: torch.Tensor, aerial: torch.Tensor, heading_deg: Any, px_in_tile: torch.Tensor, mpp: torch.Tensor
+    ) -> Any:
+        """Dense correspondence loss on the refinement features (:mod:`crossview.correspondence_loss`)."""
+        from crossview.correspondence_loss import correspondence_loss
+        from crossview.encoders.circular import circular_width
+
+        model = self.model
+        size = (model.config["pano_height"], model.config["pano_width"])
+        if tuple(pano.shape[-2:]) != size:
+            pano = F.interpolate(pano, size=size, mode="bilinear", align_corners=False, antialias=True)
+        with circular_width(True):
+            ground, _ = model.ground_decoder(model.ground_backbone(model.ground_input(pano)))
+        tile, _ = model.aerial_decoder(model.aerial_backbone(model.map_input(aerial)))
+        heading = torch.zeros(pano.shape[0], device=pano.device) if heading_deg is None else heading_deg
+        return correspondence_loss(
+            ground,
+            tile,
+            aerial.shape[-1],
+            px_in_tile.to(pano.device),
+            mpp.to(pano.device).float(),
+            heading.to(pano.device).float(),
+            camera_height_m=self.refine_camera_height_m,
+        )
 
     def _orientation_loss(self, ground: Any, tiles: Any, mask: torch.Tensor, heading_deg: torch.Tensor | None) -> Any:
         from crossview.encoders.orientation import orientation_scores, place_on_canvas
@@ -768,6 +804,8 @@ class Trainer:
             loss,
             unknown_heading=self.config["data"]["random_roll"],
             orientation_weight=loss_cfg["orientation_weight"],
+            refine_weight=loss_cfg["refine_weight"],
+            refine_camera_height_m=loss_cfg["refine_camera_height_m"],
             heading_weight=loss_cfg["heading_weight"],
         )
         self.step_module.to(self.device)
@@ -835,7 +873,14 @@ class Trainer:
         with context:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 heading = batch.get("heading_deg")
-                loss = self.wrapped(pano, aerial, mask, None if heading is None else torch.as_tensor(heading))
+                loss = self.wrapped(
+                    pano,
+                    aerial,
+                    mask,
+                    None if heading is None else torch.as_tensor(heading),
+                    batch.get("pano_px_in_tile"),
+                    None if batch.get("mpp") is None else torch.as_tensor(batch["mpp"]),
+                )
             self.scaler.scale(loss / self.accumulate).backward()
         return float(loss.detach())
 

@@ -1,0 +1,55 @@
+"""The dense correspondence loss is low for features that agree through DESIGN's ground-plane geometry."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from crossview.correspondence_loss import correspondence_loss, sample_tile_points
+from crossview.geometry.cameras import PanoramaCamera, pixel_centers
+from crossview.geometry.ground import image_to_ground
+from crossview.geometry.pose import Pose2
+
+TILE_PX, MPP, HEIGHT_M = 64, 1.0, 2.0
+
+
+def _texture(xy_m: torch.Tensor, channels: int = 8, seed: int = 0) -> torch.Tensor:
+    """A smooth random vector field on the ground plane: (..., 2) metres -> (..., C), unit norm."""
+    generator = torch.Generator().manual_seed(seed)
+    freq = torch.randn(channels, 2, generator=generator) * 0.6
+    phase = torch.rand(channels, generator=generator) * 2 * math.pi
+    return F.normalize(torch.sin(xy_m @ freq.T + phase), dim=-1)
+
+
+def _views(heading_deg: float, px_in_tile: tuple[float, float]) -> tuple[list, list]:
+    centre = TILE_PX / 2
+    uv = pixel_centers(TILE_PX, TILE_PX)  # (S, S, 2) (u, v)
+    tile_xy = torch.stack([(uv[..., 0] - centre) * MPP, (centre - uv[..., 1]) * MPP], dim=-1)
+    tile = _texture(tile_xy).permute(2, 0, 1)[None]
+    row, col = px_in_tile
+    pose = Pose2(torch.tensor([[(col - centre) * MPP, (centre - row) * MPP, math.radians(heading_deg)]]))
+    camera = PanoramaCamera(128, 64)
+    xy, valid = image_to_ground(pixel_centers(128, 64)[None], pose, camera, HEIGHT_M)
+    ground = (_texture(xy) * valid[..., None]).permute(0, 3, 1, 2)
+    return [ground], [tile]
+
+
+def test_loss_is_lowest_at_the_true_pose():
+    px = torch.tensor([[30.0, 34.0]])
+    ground, tile = _views(40.0, (30.0, 34.0))
+    torch.manual_seed(0)
+    args = {"camera_height_m": HEIGHT_M, "points": 48, "max_distance_m": 20.0}
+    true = correspondence_loss(ground, tile, TILE_PX, px, torch.tensor([MPP]), torch.tensor([40.0]), **args)
+    turned = correspondence_loss(ground, tile, TILE_PX, px, torch.tensor([MPP]), torch.tensor([130.0]), **args)
+    moved = correspondence_loss(ground, tile, TILE_PX, px + 6.0, torch.tensor([MPP]), torch.tensor([40.0]), **args)
+    assert true < 0.5 * turned and true < 0.7 * moved, (true, turned, moved)
+
+
+def test_sampled_points_lie_in_the_annulus_and_the_tile():
+    px = torch.tensor([[32.0, 32.0], [5.0, 60.0]])
+    uv = sample_tile_points(2, TILE_PX, px, torch.tensor([0.5, 0.5]), points=500, min_distance_m=3, max_distance_m=10)
+    assert ((uv >= 0.5) & (uv <= TILE_PX - 0.5)).all()
+    d = torch.hypot(uv[0, :, 0] - 32.0, uv[0, :, 1] - 32.0) * 0.5
+    assert d.min() >= 3.0 - 1e-4 and d.max() <= 10.0 + 1e-4
