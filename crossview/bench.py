@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import os
 import platform
 import statistics
@@ -202,11 +203,22 @@ def bench_synth(config: BenchConfig) -> dict[str, Any]:
     return {"unit": "towns", "settings": settings, "variants": {"town": batch_figures(seconds, 1)}}
 
 
+def _lazy(module: str, name: str) -> Callable[[BenchConfig], dict[str, Any]]:
+    """A stage defined in another module (imported when the stage runs: those modules import this one)."""
+
+    def stage(config: BenchConfig) -> dict[str, Any]:
+        return getattr(importlib.import_module(module), name)(config)
+
+    stage.__doc__ = f"{module}.{name}"
+    return stage
+
+
 STAGES: dict[str, Callable[[BenchConfig], dict[str, Any]]] = {
     "polar_transform": bench_polar_transform,
     "tile_fetch": bench_tile_fetch,
     "osm_rasterize": bench_osm_rasterize,
     "synth": bench_synth,
+    "refiner": _lazy("crossview.refinement.benchmark", "bench_refiner"),
 }
 
 
