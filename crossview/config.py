@@ -35,6 +35,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "data": {
         "split": "same",  # "same" (same-area: each city's train list) or "cross" (cross-area); --split sets it
         "cities": None,  # list of cities; None: every city in DIR/splits/ (same) or VIGOR's defaults (cross)
+        "map": "satellite",  # tiles: "satellite" (aerial RGB) or "osm" (OSM class tiles: models with map_modality osm)
         "corrected": False,  # read SliceMatch's __corrected label files
         "augment": False,  # paired flip + 90-degree rotation of panorama and aerial tile
         "random_roll": False,  # roll panoramas randomly: trains for unknown heading (orientation-aware loss)
@@ -73,6 +74,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "amp": True,  # bfloat16/float16 mixed precision (CUDA only; ignored on CPU)
         "channels_last": True,  # channels-last memory format (CUDA only; ignored on CPU)
         "keep_checkpoints": 3,  # epoch-NNN.pt files kept besides last.pt (0: only last.pt)
+        "trainable": None,  # null (everything) or the parameter name prefixes to train, e.g. [ground_decoder]
         "init_from": None,  # a checkpoint path or registered model name whose weights start the run (fine-tuning)
     },
     "log": {
@@ -257,6 +259,7 @@ def validate_config(config: Mapping[str, Any]) -> None:
         isinstance(cities, list) and bool(cities) and all(isinstance(c, str) and c for c in cities)
     )
     _check(valid_cities, "data.cities", cities, "null or a non-empty list of city names")
+    _check(data["map"] in ("satellite", "osm"), "data.map", data["map"], "'satellite' or 'osm'")
     for key in ("corrected", "augment", "random_roll", "flip", "photometric"):
         _check(isinstance(data[key], bool), f"data.{key}", data[key], "true or false")
     _check(_is_int(data["num_workers"]) and data["num_workers"] >= 0, "data.num_workers", data["num_workers"], ">= 0")
@@ -275,6 +278,14 @@ def validate_config(config: Mapping[str, Any]) -> None:
     _check(_is_int(batch) and batch >= 2, "train.batch_size", batch, "an integer >= 2 (in-batch negatives)")
     for key in ("amp", "channels_last"):
         _check(isinstance(train[key], bool), f"train.{key}", train[key], "true or false")
+    trainable = train["trainable"]
+    _check(
+        trainable is None
+        or (isinstance(trainable, list) and bool(trainable) and all(isinstance(t, str) and t for t in trainable)),
+        "train.trainable",
+        trainable,
+        "null or a non-empty list of parameter name prefixes",
+    )
     init_from = train["init_from"]
     _check(
         init_from is None or (isinstance(init_from, str) and init_from),

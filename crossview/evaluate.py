@@ -15,6 +15,9 @@ aerial tile of the evaluated cities (their ``satellite_list.txt``), each encoded
   angle between the heading the model finds against the positive tile and the true one.
 
 Recalls and the hit rate are fractions in [0, 1] in JSON and percentages on the terminal.
+
+The gallery tiles come from the folder the model's map modality reads (``satellite/`` for aerial models,
+``osm/`` for OSM models; ``--map`` names it, and a folder of another kind is refused).
 """
 
 from __future__ import annotations
@@ -287,6 +290,7 @@ def evaluate(
     """
     if len(dataset) == 0:
         raise ConfigError(f"nothing to evaluate: the split has no panoramas in {list(dataset.cities)}")
+    _check_maps(getattr(model, "config", {}), dataset)
     device = torch.device(device)
     model = model.to(device).eval()
     index = dataset.satellite_index
@@ -312,6 +316,21 @@ def evaluate(
         "images_per_s": images / max(total_seconds, 1e-9),
     }
     return metrics
+
+
+def _check_maps(model_config: Mapping[str, Any], dataset: Any) -> None:
+    """The dataset's tiles (``dataset.map``, and their legend) must be of the model's map modality.
+
+    Raises:
+        MapModalityError: aerial model on OSM tiles or the reverse, or OSM tiles of another legend.
+    """
+    from crossview.encoders import check_data_map, check_map_modality
+
+    data_map = getattr(dataset, "map", "satellite")
+    check_data_map(model_config, data_map)
+    map_tags = getattr(dataset, "map_tags", None)
+    if map_tags is not None:
+        check_map_modality(model_config, map_tags(), map_name=f"{data_map}/ tiles of {dataset.root}")
 
 
 def _tile_latlon(name: str) -> tuple[float, float]:
@@ -444,10 +463,23 @@ def build_eval_dataset(
     cities: Sequence[str] | None,
     unknown_heading: bool,
     corrected: bool = False,
+    data_map: str | None = None,
 ) -> Any:
-    """The test part of a split at the model's image sizes; seeded rolls for an unknown-heading evaluation."""
+    """The test part of a split at the model's image sizes; seeded rolls for an unknown-heading evaluation.
+
+    ``data_map``: the tile folder (``satellite`` or ``osm``); None: the one of the model's map modality.
+
+    Raises:
+        MapModalityError: ``data_map`` holds tiles of another kind than the model takes.
+    """
     from crossview.data.vigor import VigorDataset
+    from crossview.encoders import check_data_map
+    from crossview.encoders.modalities import MAP_FOLDERS
     from crossview.train import _pano_size, split_cities
+
+    if data_map is None:
+        data_map = MAP_FOLDERS.get(model_config.get("map_modality", "aerial"), "satellite")
+    check_data_map(model_config, data_map)
 
     return VigorDataset(
         root,
@@ -459,6 +491,7 @@ def build_eval_dataset(
         aerial_size=model_config.get("aerial_size"),
         random_roll=unknown_heading,
         seed=EVAL_SEED,
+        map=data_map,
     )
 
 
@@ -489,6 +522,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cities", metavar="A,B", help="comma-separated cities instead of the split's")
     parser.add_argument("--unknown-heading", action="store_true", help="roll panoramas randomly, search the heading")
     parser.add_argument("--corrected", action="store_true", help="SliceMatch's corrected labels")
+    parser.add_argument(
+        "--map",
+        choices=("satellite", "osm"),
+        help="tile folder: satellite (aerial RGB) or osm (OSM class tiles); default: the one the model takes",
+    )
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward (default 32)")
     parser.add_argument("--max-queries", type=int, metavar="N", help="only the first N panoramas (quick check)")
     parser.add_argument("--num-workers", type=int, default=0, metavar="N", help="data loader workers (default 0)")
@@ -510,10 +548,14 @@ def _check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """``crossview eval``: print the table; write JSON with ``--out``."""
     from crossview.checkpoints import load_checkpoint
+    from crossview.encoders import check_data_map, check_map_modality
 
     _check_args(args)
     device = _select_device(args.device)
     checkpoint = load_checkpoint(args.model)
+    model_name = checkpoint.name or str(checkpoint.path)
+    if args.map is not None:
+        check_data_map(checkpoint.model_config, args.map, model_name=model_name)
     model = checkpoint.build_model(device)
     cities = [c.strip() for c in args.cities.split(",") if c.strip()] if args.cities else None
     dataset = build_eval_dataset(
@@ -523,7 +565,10 @@ def run(args: argparse.Namespace) -> int:
         cities=cities,
         unknown_heading=args.unknown_heading,
         corrected=args.corrected,
+        data_map=args.map,
     )
+    tiles = f"{dataset.map}/ tiles of {args.data}"
+    check_map_modality(checkpoint.model_config, dataset.map_tags(), map_name=tiles, model_name=model_name)
     metrics = evaluate(
         model,
         dataset,
@@ -552,6 +597,7 @@ def run(args: argparse.Namespace) -> int:
                 "split": args.split,
                 "cities": list(dataset.cities),
                 "corrected": args.corrected,
+                "map": dataset.map,
                 "unknown_heading": args.unknown_heading,
                 "roll_seed": EVAL_SEED if args.unknown_heading else None,
                 "max_queries": args.max_queries,
@@ -578,6 +624,7 @@ examples:
   crossview eval --data world/ --model synth-v1
   crossview eval --data VIGOR/ --split cross --model runs/vigor/last.pt --out metrics.json
   crossview eval --data world/ --model synth-v1 --unknown-heading --max-queries 200
+  crossview eval --data world/ --model runs/synth-osm-v1/last.pt --map osm     # an OSM model on osm/ tiles
 """
 
 COMMAND = Command(

@@ -443,6 +443,33 @@ class TrainStep(nn.Module):
 # ---- optimizer and schedule --------------------------------------------------------------------------------
 
 
+def freeze_except(model: nn.Module, trainable: Sequence[str] | None) -> None:
+    """Train only the parameters whose names start with one of ``trainable`` (``train.trainable``; None: all).
+
+    E.g. ``[ground_decoder, aerial_decoder]`` trains the refinement features of a model started with
+    ``train.init_from`` while its retrieval branches stay as they are.
+
+    Raises:
+        ConfigError: a prefix that names no parameter.
+    """
+    if trainable is None:
+        return
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in trainable:
+        if not any(name.startswith(prefix) for name in names):
+            raise ConfigError(f"train.trainable: {prefix!r} names no parameter of the model")
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(any(name.startswith(prefix) for prefix in trainable))
+
+
+def freeze_statistics(model: nn.Module) -> None:
+    """Put submodules without a trainable parameter in eval mode, so frozen BatchNorm statistics stay as loaded."""
+    for module in model.modules():
+        parameters = list(module.parameters())
+        if parameters and not any(p.requires_grad for p in parameters):
+            module.eval()
+
+
 def build_optimizer(module: nn.Module, optim: Mapping[str, Any]) -> torch.optim.AdamW:
     """AdamW; weight decay on weight matrices and kernels only (not biases, norms, the temperature)."""
     decay, no_decay = [], []
@@ -713,12 +740,19 @@ def _load_initial_weights(model: nn.Module, resolved: Mapping[str, Any], init_fr
 
 
 def build_train_dataset(root: str | os.PathLike[str], config: Mapping[str, Any], model_config: Mapping) -> Any:
-    """The training VigorDataset; its image sizes come from the model's config."""
+    """The training VigorDataset; its image sizes come from the model's config, its tiles from ``data.map``.
+
+    Raises:
+        MapModalityError: ``data.map`` (or the legend of its OSM tiles) does not suit the model's map modality.
+    """
     from crossview.data.vigor import VigorDataset
+    from crossview.encoders import check_data_map, check_map_modality
 
     data = config["data"]
+    data_map = data.get("map", "satellite")
+    check_data_map(model_config, data_map)
     cities = split_cities(root, data["split"], train=True, cities=data["cities"])
-    return VigorDataset(
+    dataset = VigorDataset(
         root,
         split=data["split"],
         train=True,
@@ -731,7 +765,10 @@ def build_train_dataset(root: str | os.PathLike[str], config: Mapping[str, Any],
         flip=data["flip"],
         photometric=data["photometric"],
         seed=int(config["seed"]),
+        map=data_map,
     )
+    check_map_modality(model_config, dataset.map_tags(), map_name=f"{data_map}/ tiles of {root}")
+    return dataset
 
 
 def _pano_size(model_config: Mapping[str, Any]) -> tuple[int, int] | None:
@@ -811,6 +848,7 @@ class Trainer:
         self.step_module.to(self.device)
         if self.channels_last:
             self.step_module.to(memory_format=torch.channels_last)
+        freeze_except(self.model, train.get("trainable"))
         self.optimizer = build_optimizer(self.step_module, self.config["optim"])
         self.scheduler = build_scheduler(self.optimizer, self.config["optim"], self.total_steps)
         self.amp_dtype = _amp_dtype() if cuda and bool(train["amp"]) else None
@@ -982,6 +1020,7 @@ def _run_epoch(trainer: Trainer, log: MetricsLog, meter: _Meter, stop: StopReque
     epoch, epochs = trainer.epoch, int(trainer.config["train"]["epochs"])
     trainer.dataset.set_epoch(epoch)
     trainer.step_module.train()
+    freeze_statistics(trainer.model)
     pending: list[float] = []
     for position, batch in enumerate(trainer._loader(trainer._micro_batches(epoch, trainer.step_in_epoch))):
         if not pending:  # the first micro-batch of a step: the step's RNG depends on (seed, step, rank) only
@@ -1221,6 +1260,7 @@ examples:
   crossview train --data VIGOR/ --split cross --config conf.yaml optim.lr=3e-4 loss.type=triplet
   crossview train --data world/ --out runs/synth --resume
   crossview train --data world/ --print-config model.descriptor_dim=512
+  crossview train --data world/ --out runs/osm model.name=safa-resnet18-lite-osm data.map=osm   # OSM tiles
   torchrun --nproc_per_node 4 -m crossview train --data VIGOR/ --out runs/vigor   # DDP on 4 GPUs
 """
 

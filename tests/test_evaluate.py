@@ -279,3 +279,72 @@ def test_eval_cli_unknown_model_is_a_one_line_error(tree, tmp_path, capsys, monk
     assert error.startswith("crossview eval: error: unknown model 'no-such-model'") and "\n" not in error
     assert run_cli(["eval", "--data", str(tmp_path / "absent"), "--model", "x"]) == 2
     assert "folder not found" in capsys.readouterr().err
+
+
+# ---- OSM maps (--map osm) ----------------------------------------------------------------------------------------
+
+
+def _add_osm_tiles(root) -> None:
+    """osm/ tiles beside satellite/: class indices quantised from the aerial tiles' colours."""
+    from PIL import Image
+
+    from crossview.data.vigor import class_tile_png_bytes
+    from crossview.maps.osm import BAND_NAMES, CLASS_NAMES
+
+    legend = json.dumps({band: list(CLASS_NAMES[band]) for band in BAND_NAMES})
+    for satellite in root.glob("*/satellite"):
+        (satellite.parent / "osm").mkdir(exist_ok=True)
+        for path in satellite.iterdir():
+            rgb = np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1)
+            classes = np.stack([rgb[0] // 37, rgb[1] // 26, (rgb[2] > 127) * 3]).astype(np.uint8)
+            (satellite.parent / "osm" / path.name).write_bytes(class_tile_png_bytes(classes, legend))
+
+
+@pytest.fixture(scope="module")
+def osm_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vigor-osm")
+    build_tree(root, cities=1)
+    _add_osm_tiles(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def osm_checkpoint(tmp_path_factory):
+    from crossview.encoders import get_model
+
+    torch.manual_seed(2)
+    sizes = {"aerial_size": 64, "polar_height": 32, "polar_width": 64, "pano_height": 32, "pano_width": 64}
+    model = get_model("safa-resnet18-lite-osm", **sizes).eval()
+    return save_checkpoint(tmp_path_factory.mktemp("osm-model") / "osm-tiny.pt", model=model)
+
+
+def test_eval_cli_takes_an_osm_model_to_the_osm_tiles(osm_tree, osm_checkpoint, tmp_path, capsys):
+    from crossview.checkpoints import load_model
+
+    out = tmp_path / "metrics.json"
+    assert run_cli(["eval", "--data", str(osm_tree), "--model", str(osm_checkpoint), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["map"] == "osm"  # the model's modality chose the folder
+    dataset = build_eval_dataset(osm_tree, report["model"]["config"], split="same", cities=None, unknown_heading=False)
+    assert dataset.map == "osm" and dataset.load_satellite(dataset.satellite_names[0]).dtype == torch.uint8
+    expected = evaluate(load_model(osm_checkpoint), dataset, batch_size=32)
+    for key in ("recall@1", "recall@5", "hit_rate", "top1_error_m_mean"):
+        assert report["metrics"][key] == pytest.approx(expected[key]), key
+    assert run_cli(["eval", "--data", str(osm_tree), "--model", str(osm_checkpoint), "--map", "osm"]) == 0
+    capsys.readouterr()
+
+
+def test_eval_refuses_maps_of_another_kind(osm_tree, osm_checkpoint, model, capsys):
+    from crossview.encoders import MapModalityError
+
+    assert run_cli(["eval", "--data", str(osm_tree), "--model", str(osm_checkpoint), "--map", "satellite"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "osm-tiny.pt expects OSM class rasters; data.map=satellite gives aerial RGB maps" in error
+    assert "\n" not in error
+    osm_dataset = build_eval_dataset(
+        osm_tree, {"map_modality": "osm"}, split="same", cities=None, unknown_heading=False
+    )
+    with pytest.raises(MapModalityError, match=r"expects aerial RGB maps; data\.map=osm gives OSM class rasters"):
+        evaluate(model, osm_dataset)  # an aerial model on OSM tiles
+    with pytest.raises(MapModalityError, match="expects aerial RGB maps"):
+        build_eval_dataset(osm_tree, model.config, split="same", cities=None, unknown_heading=False, data_map="osm")

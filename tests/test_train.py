@@ -391,3 +391,76 @@ def test_init_from_starts_a_run_from_a_checkpoints_weights(tree, tmp_path):
     second = tmp_path / "second"
     assert _train(tree, second, *options, f"train.init_from={first / 'last.pt'}") == 0
     assert load_checkpoint(second / "last.pt").config["train"]["init_from"] == str(first / "last.pt")
+
+
+# ---- OSM class tiles (data.map=osm) --------------------------------------------------------------------------
+
+
+def _with_osm_tiles(tree: Path, out: Path) -> Path:
+    """A copy of the tree whose cities also have osm/ tiles: class indices quantised from the aerial tiles'
+    colours, so that every tile is distinct (what the loss can learn) and within crossview's legend."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from crossview.data.vigor import class_tile_png_bytes
+    from crossview.maps.osm import BAND_NAMES, CLASS_NAMES
+
+    shutil.copytree(tree, out)
+    legend = json.dumps({band: list(CLASS_NAMES[band]) for band in BAND_NAMES})
+    for satellite in out.glob("*/satellite"):
+        (satellite.parent / "osm").mkdir()
+        for path in satellite.iterdir():
+            rgb = np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1)
+            classes = np.stack([rgb[0] // 37, rgb[1] // 26, (rgb[2] > 127) * 3]).astype(np.uint8)
+            (satellite.parent / "osm" / path.name).write_bytes(class_tile_png_bytes(classes, legend))
+    return out
+
+
+def test_cli_training_on_osm_tiles_lowers_the_loss(tree, tmp_path, capsys):
+    import json
+
+    from crossview.encoders import check_map_modality
+    from crossview.maps.osm import CLASS_NAMES
+
+    osm_tree = _with_osm_tiles(tree, tmp_path / "osm-tree")
+    out = tmp_path / "osm-run"
+    options = [*BASE, "model.name=safa-resnet18-lite-osm", "data.map=osm", "train.epochs=8", "optim.lr=1e-3"]
+    assert _train(osm_tree, out, *options, "sampler.mode=random", "train.keep_checkpoints=0") == 0
+    assert "finished at step 16" in capsys.readouterr().out
+    losses = np.array([row["loss"] for row in read_metrics_csv(out / "metrics.csv")])
+    assert np.isfinite(losses).all()
+    assert losses[-4:].mean() < 0.7 * losses[:4].mean(), losses
+    checkpoint = load_checkpoint(out / "last.pt")
+    assert checkpoint.config["data"]["map"] == "osm"
+    model = checkpoint.build_model()
+    assert model.config["map_modality"] == "osm" and model.config["osm_classes"]["ways"] == list(CLASS_NAMES["ways"])
+    check_map_modality(model.config, {"CLASSES": json.dumps(model.config["osm_classes"])})  # its own legend
+
+
+def test_a_model_and_data_map_of_different_kinds_are_refused(tree, tmp_path, capsys):
+    osm_tree = _with_osm_tiles(tree, tmp_path / "osm-tree")
+    assert _train(osm_tree, tmp_path / "a", *BASE, "data.map=osm") == 2  # aerial model, OSM tiles
+    error = capsys.readouterr().err.strip()
+    assert "model safa-resnet18-lite expects aerial RGB maps; data.map=osm gives OSM class rasters" in error
+    assert "\n" not in error
+    assert _train(osm_tree, tmp_path / "b", *BASE, "model.name=safa-resnet18-lite-osm") == 2  # default: satellite
+    assert "(use data.map=osm)" in capsys.readouterr().err
+    assert _train(tree, tmp_path / "c", *BASE, "model.name=safa-resnet18-lite-osm", "data.map=osm") == 1  # I/O
+    assert "python -m crossview.data.synth.osmtiles" in capsys.readouterr().err  # no osm/ folder yet
+    assert _train(tree, tmp_path / "d", *BASE, "data.map=lidar") == 2
+    assert "data.map='lidar'" in capsys.readouterr().err
+
+
+def test_trainable_prefixes_freeze_the_rest_and_its_statistics(tree, tmp_path):
+    first = tmp_path / "first"
+    assert _train(tree, first, *BASE, "train.epochs=1", "train.keep_checkpoints=0") == 0
+    second = tmp_path / "second"
+    options = [*BASE, "train.epochs=2", "train.keep_checkpoints=0", "loss.refine_weight=1.0"]
+    trainable = "train.trainable=[ground_decoder,aerial_decoder]"
+    assert _train(tree, second, *options, trainable, f"train.init_from={first / 'last.pt'}") == 0
+    before, after = load_checkpoint(first / "last.pt").state_dict, load_checkpoint(second / "last.pt").state_dict
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    assert changed and all(key.startswith(("ground_decoder", "aerial_decoder")) for key in changed), changed
+    assert _train(tree, tmp_path / "bad", *options, "train.trainable=[nothing_here]") == 2

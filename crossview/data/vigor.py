@@ -4,6 +4,7 @@ Layout (VIGOR, CVPR 2021; SliceMatch's corrected labels, CVPR 2023)::
 
     <root>/<City>/panorama/<id>,<lat>,<lon>,.jpg          north-aligned equirectangular panoramas (2048x1024)
     <root>/<City>/satellite/satellite_<lat>_<lon>.png     640x640 aerial tiles, zoom-20 Web Mercator
+    <root>/<City>/osm/satellite_<lat>_<lon>.png           crossview's OSM class tiles of the same tiles (optional)
     <root>/splits/<City>/satellite_list.txt               every tile of the city (the retrieval gallery)
     <root>/splits/<City>/pano_label_balanced.txt          labels of every panorama (cross-area split)
     <root>/splits/<City>/same_area_balanced_{train,test}.txt
@@ -11,6 +12,14 @@ Layout (VIGOR, CVPR 2021; SliceMatch's corrected labels, CVPR 2023)::
 
 SliceMatch ships its corrected files in ``<root>/splits__corrected/<City>/``; the reader looks there when
 ``<root>/splits/<City>/`` has no ``__corrected`` file.
+
+Convention (OSM class tiles, crossview's addition): ``<City>/osm/<tile name>`` is the OpenStreetMap class raster of
+exactly the aerial tile of the same name (same 640x640 zoom-20 Web-Mercator pixels), as rasterized by
+:mod:`crossview.maps.osm`: a lossless PNG whose G channels (``L``, ``LA``, ``RGB`` or ``RGBA``: G = 1..4;
+crossview's taxonomy has G = 3, bands ``areas, ways, nodes``) hold uint8 class indices, 0 = nothing, with the
+legend (band -> class names, index 1 first; the ``CLASSES`` tag of the GeoTIFFs) as JSON in the PNG text chunk
+``CLASSES``. They are written by :mod:`crossview.data.synth.osmtiles`; the reader takes them with
+``map="osm"``, resized with nearest-neighbour sampling (the source pixel under each output pixel's centre).
 
 Convention (labels):
     A label line has 13 tokens ``<pano> <sat> dr dc <sat> dr dc <sat> dr dc <sat> dr dc``; the first tile is the
@@ -60,7 +69,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from crossview.errors import ConfigError, CrossviewError, ImageReadError
 from crossview.fsio import atomic_write_bytes
@@ -115,6 +124,17 @@ LABELS_ALL = "pano_label_balanced.txt"
 LABELS_SAME_AREA_TRAIN = "same_area_balanced_train.txt"
 LABELS_SAME_AREA_TEST = "same_area_balanced_test.txt"
 LABEL_FILES = (LABELS_ALL, LABELS_SAME_AREA_TRAIN, LABELS_SAME_AREA_TEST)
+
+MAP_FOLDERS = ("satellite", "osm")
+"""Tile folders a :class:`VigorDataset` reads (``map=``): aerial RGB tiles or crossview's OSM class tiles."""
+
+CLASS_TILE_DIR = "osm"
+"""Folder of the OSM class tiles beside ``satellite/``."""
+
+CLASSES_TEXT_KEY = "CLASSES"
+"""PNG text chunk holding a class tile's legend (the same JSON as the ``CLASSES`` tag of OSM GeoTIFFs)."""
+
+_CLASS_TILE_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 _TOKENS_PER_LINE = 13
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
@@ -346,6 +366,64 @@ def _png_bytes(array_chw: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def class_tile_png_bytes(classes: np.ndarray, legend_json: str) -> bytes:
+    """Encode a (G, H, W) uint8 class-index tile (G = 1..4) as a lossless PNG with its legend.
+
+    Byte-deterministic (no timestamp); the legend goes into the text chunk :data:`CLASSES_TEXT_KEY`.
+
+    Raises:
+        DatasetError: not a uint8 (G, H, W) array with 1 to 4 bands.
+    """
+    if not isinstance(classes, np.ndarray) or classes.dtype != np.uint8 or classes.ndim != 3:
+        raise DatasetError(f"a class tile must be a (G, H, W) uint8 array, got {getattr(classes, 'shape', classes)!r}")
+    mode = _CLASS_TILE_MODES.get(classes.shape[0])
+    if mode is None:
+        raise DatasetError(f"a class tile PNG holds 1 to 4 bands, got {classes.shape[0]}")
+    info = PngImagePlugin.PngInfo()
+    info.add_text(CLASSES_TEXT_KEY, legend_json)
+    pixels = classes[0] if mode == "L" else np.ascontiguousarray(classes.transpose(1, 2, 0))
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels), mode).save(buffer, format="PNG", compress_level=6, pnginfo=info)
+    return buffer.getvalue()
+
+
+def nearest_indices(source_px: int, target_px: int) -> np.ndarray:
+    """(target_px,) source indices of a nearest-neighbour resize: the source pixel under each target pixel centre.
+
+    Convention: target pixel ``i`` has its centre at continuous coordinate ``(i + 0.5) * source_px / target_px`` of
+    the source (edge-based, DESIGN's pixel convention), which lies in source pixel ``floor`` of that.
+    """
+    return np.minimum(((np.arange(target_px) + 0.5) * source_px / target_px).astype(np.int64), source_px - 1)
+
+
+def load_class_tile(path: Path, size_px: int | None = None) -> tuple[np.ndarray, str | None]:
+    """Read an OSM class tile: (G, S, S) uint8 class indices (resized with :func:`nearest_indices`) and its legend.
+
+    Raises:
+        ImageReadError: unreadable, too large, or not a class-index PNG (mode ``L``, ``LA``, ``RGB``, ``RGBA``).
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageReadError(
+                    f"image {path} is {width}x{height} pixels, more than MAX_IMAGE_PIXELS={MAX_IMAGE_PIXELS}"
+                )
+            if image.mode not in _CLASS_TILE_MODES.values():
+                raise ImageReadError(f"class tile {path} has PNG mode {image.mode}: expected uint8 class indices")
+            legend = image.info.get(CLASSES_TEXT_KEY)
+            array = np.asarray(image)
+    except ImageReadError:
+        raise
+    except _IMAGE_ERRORS as error:
+        raise ImageReadError(f"cannot read class tile {path}: {error}") from None
+    classes = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    if size_px is not None and (height, width) != (size_px, size_px):
+        rows, cols = nearest_indices(height, size_px), nearest_indices(width, size_px)
+        classes = classes[:, rows[:, None], cols[None, :]]
+    return np.ascontiguousarray(classes), (legend if isinstance(legend, str) else None)
+
+
 def _write_lines(path: Path, lines: Sequence[str]) -> None:
     _atomic_write_bytes(path, "".join(f"{line}\n" for line in lines).encode("utf-8"))
 
@@ -531,13 +609,13 @@ def _inside(path: Path, root_resolved: Path) -> bool:
     return path.resolve().is_relative_to(root_resolved)
 
 
-def _list_dir(directory: Path, rel: str) -> dict[str, bool]:
+def _list_dir(directory: Path, rel: str, hint: str = "") -> dict[str, bool]:
     """{name: is_symlink} of a folder's entries (one scandir: fast on VIGOR's 100k-file folders)."""
     try:
         with os.scandir(directory) as entries:
             return {entry.name: entry.is_symlink() for entry in entries}
     except FileNotFoundError:
-        raise DatasetFileError(f"folder not found: {rel}") from None
+        raise DatasetFileError(f"folder not found: {rel}{hint}") from None
     except OSError as error:
         raise DatasetFileError(f"cannot list {rel}: {error.strerror or error}") from None
 
@@ -640,7 +718,8 @@ class VigorDataset(torch.utils.data.Dataset):
     Items are dicts:
 
     - ``pano``: (3, H, W) float32 in [0, 1], equirectangular (resized to ``pano_size`` when given).
-    - ``aerial``: (3, S, S) float32 in [0, 1], the positive tile (resized to ``aerial_size`` when given).
+    - ``aerial``: (3, S, S) float32 in [0, 1], the positive tile (resized to ``aerial_size`` when given); with
+      ``map="osm"`` its OSM class tile instead: (G, S, S) uint8 class indices (nearest-neighbour resize).
     - ``semi_aerial``: (3, 3, S, S) the semi-positive tiles (only with ``semi_positives=True``), and
       ``semi_pano_px_in_tile`` (3, 2) float32 the panorama's (row, col) in each of them.
     - ``pano_px_in_tile``: (2,) float32 continuous (row, col) of the panorama in ``aerial``:
@@ -663,7 +742,10 @@ class VigorDataset(torch.utils.data.Dataset):
         augment: paired random flip + rotation by a multiple of 90 degrees (module docstring).
         random_roll: roll the panorama by a random number of columns.
         flip: mirror panorama and tile together with probability 1/2 (heading-preserving for heading 0).
-        photometric: independent colour jitter of the panorama and of the tiles (:func:`photometric_jitter`).
+        photometric: independent colour jitter of the panorama and of the tiles (:func:`photometric_jitter`); with
+            ``map="osm"`` of the panorama only (class indices are not colours).
+        map: the tile folder: ``"satellite"`` (aerial RGB) or ``"osm"`` (crossview's OSM class tiles of the same
+            names, see the module docstring); flips and rotations apply to either alike.
         seed: seed of the augmentations (items are then a function of seed, epoch and index); None for fresh
             randomness on every call.
         validate_files: check at construction that every panorama and tile file exists inside the root.
@@ -692,6 +774,7 @@ class VigorDataset(torch.utils.data.Dataset):
         photometric: bool = False,
         seed: int | None = None,
         validate_files: bool = True,
+        map: str = "satellite",
     ) -> None:
         self.root = Path(root)
         self._root_resolved = self.root.resolve()
@@ -699,6 +782,9 @@ class VigorDataset(torch.utils.data.Dataset):
             raise DatasetFileError(f"dataset root not found: {self.root}")
         if split not in ("same", "cross"):
             raise ConfigError(f"split={split!r} must be 'same' or 'cross'")
+        if map not in MAP_FOLDERS:
+            raise ConfigError(f"map={map!r} must be one of {', '.join(MAP_FOLDERS)}")
+        self.map = map
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ConfigError(f"seed={seed!r} must be a non-negative integer or None")
         self.split, self.train, self.corrected = split, bool(train), bool(corrected)
@@ -755,14 +841,15 @@ class VigorDataset(torch.utils.data.Dataset):
         return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
 
     def _check_city_dirs(self, city: str, validate_files: bool) -> None:
-        for kind in ("panorama", "satellite"):
+        for kind in ("panorama", self.map):
             directory = self.root / city / kind
             if not _inside(directory, self._root_resolved):
                 raise DatasetError(
                     f"{city}/{kind} resolves to {directory.resolve()}, outside the dataset root {self.root}"
                 )
             if validate_files:
-                self._listings[(city, kind)] = _list_dir(directory, f"{city}/{kind}")
+                hint = f" (add OSM tiles with: python -m crossview.data.synth.osmtiles {self.root})"
+                self._listings[(city, kind)] = _list_dir(directory, f"{city}/{kind}", hint if kind == "osm" else "")
 
     def _check_file(self, city: str, kind: str, name: str, where: str) -> None:
         """A listed file must exist (when validating) and, if a symlink, stay inside the root."""
@@ -787,7 +874,7 @@ class VigorDataset(torch.utils.data.Dataset):
                 parse_satellite_name(name)
             except DatasetError as error:
                 raise DatasetError(f"{where}: {error}") from None
-            self._check_file(city, "satellite", name, where)
+            self._check_file(city, self.map, name, where)
             if name in self._satellite_city:
                 raise DatasetError(f"{where}: tile {name} is listed twice (also in {self._satellite_city[name]})")
             self._satellite_city[name] = city
@@ -842,16 +929,29 @@ class VigorDataset(torch.utils.data.Dataset):
         return path
 
     def load_satellite(self, name: str) -> torch.Tensor:
-        """A gallery tile as a (3, S, S) float32 tensor in [0, 1] (resized to ``aerial_size``, not augmented)."""
+        """A gallery tile as a (3, S, S) float32 tensor in [0, 1] (resized to ``aerial_size``, not augmented);
+        with ``map="osm"`` the tile's OSM class raster, (G, S, S) uint8 class indices."""
         city = self._satellite_city.get(name)
         if city is None:
             raise DatasetError(f"unknown satellite tile {name!r}: not in the satellite lists of {list(self._cities)}")
         return torch.from_numpy(self._load_tile(city, name))
 
+    def map_tags(self) -> dict[str, str]:
+        """Tags describing the tiles, for :func:`crossview.encoders.check_map_modality`: ``{}`` for aerial tiles,
+        ``{"CLASSES": legend JSON}`` of the first gallery tile for OSM tiles (``{}`` if it has no legend)."""
+        if self.map != CLASS_TILE_DIR or not self._satellite_names:
+            return {}
+        name = self._satellite_names[0]
+        _, legend = load_class_tile(self._safe_path(self._satellite_city[name], self.map, name))
+        return {} if legend is None else {CLASSES_TEXT_KEY: legend}
+
     def _load_tile(self, city: str, name: str) -> np.ndarray:
-        size = (self.aerial_size, self.aerial_size) if self.aerial_size else None
-        path = self._safe_path(city, "satellite", name)
-        tile = _load_rgb(path, size)
+        path = self._safe_path(city, self.map, name)
+        if self.map == CLASS_TILE_DIR:
+            tile = load_class_tile(path, self.aerial_size)[0]
+        else:
+            size = (self.aerial_size, self.aerial_size) if self.aerial_size else None
+            tile = _load_rgb(path, size)
         if tile.shape[-1] != tile.shape[-2]:
             raise DatasetError(f"aerial tile {path} is {tile.shape[-1]}x{tile.shape[-2]} pixels: expected a square")
         return tile
@@ -915,5 +1015,7 @@ class VigorDataset(torch.utils.data.Dataset):
             px = [flip_tile_px(p, tiles.shape[-1]) for p in px]
             heading_deg = -heading_deg
         if self.photometric:
-            pano, tiles = photometric_jitter(pano, rng), photometric_jitter(tiles, rng)
+            pano = photometric_jitter(pano, rng)
+            if self.map != CLASS_TILE_DIR:  # class indices are not colours
+                tiles = photometric_jitter(tiles, rng)
         return np.ascontiguousarray(pano), np.ascontiguousarray(tiles), px, float(wrap_heading_deg(heading_deg))

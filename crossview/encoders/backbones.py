@@ -131,8 +131,9 @@ def build_backbone(name: str, weights: str = "none", *, in_channels: int = 3) ->
     Args:
         name: a key of :data:`BACKBONES`.
         weights: ``"none"``, ``"imagenet"`` or the path of a local state dict of the full torchvision model.
-        in_channels: input channels; other than 3, the first convolution is rebuilt (its pretrained RGB filters,
-            averaged, are spread over the new channels).
+        in_channels: input channels; other than 3, the first convolution is rebuilt: with pretrained weights
+            its RGB filters, averaged, are spread over the new channels; without, it is freshly initialised
+            (Kaiming, as torchvision's ResNets), so that the channels start out different.
 
     Raises:
         ConfigError: unknown backbone, or weights that cannot be loaded (offline, missing or unfitting file).
@@ -144,7 +145,7 @@ def build_backbone(name: str, weights: str = "none", *, in_channels: int = 3) ->
         _load_into(model, state, name, weights)
     stages = spec.stages(model)
     if in_channels != 3:
-        _adapt_first_conv(stages[0], in_channels)
+        _adapt_first_conv(stages[0], in_channels, pretrained=state is not None)
     backbone = Backbone(name, stages, spec.channels)
     convert_to_wrap_padding(backbone)
     return backbone
@@ -212,8 +213,13 @@ def _load_into(model: nn.Module, state: dict[str, Tensor], name: str, weights: s
         raise ConfigError(f"weights {weights} do not fit backbone {name}: {first_line}") from error
 
 
-def _adapt_first_conv(stage: nn.Module, in_channels: int) -> None:
-    """Rebuild the first convolution of ``stage`` for ``in_channels`` inputs."""
+def _adapt_first_conv(stage: nn.Module, in_channels: int, *, pretrained: bool = True) -> None:
+    """Rebuild the first convolution of ``stage`` for ``in_channels`` inputs.
+
+    Pretrained: the mean of its RGB filters on every channel, scaled by ``3 / in_channels`` (the response to a
+    grey image is kept). Random: Kaiming-normal (fan-out, ReLU); copying one averaged random filter to every
+    channel would make all input channels look alike to the network at the start.
+    """
     for parent in stage.modules():
         for child_name, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
@@ -227,8 +233,11 @@ def _adapt_first_conv(stage: nn.Module, in_channels: int) -> None:
                     bias=child.bias is not None,
                 )
                 with torch.no_grad():
-                    mean_filter = child.weight.mean(dim=1, keepdim=True)
-                    new.weight.copy_(mean_filter.expand_as(new.weight) * (3.0 / in_channels))
+                    if pretrained:
+                        mean_filter = child.weight.mean(dim=1, keepdim=True)
+                        new.weight.copy_(mean_filter.expand_as(new.weight) * (3.0 / in_channels))
+                    else:
+                        nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
                     if child.bias is not None:
                         new.bias.copy_(child.bias)
                 setattr(parent, child_name, new)

@@ -140,7 +140,8 @@ class CrossViewModel(nn.Module):
         """Encode north-up aerial chips centred on the candidate camera position.
 
         Args:
-            chips: (B, 3, S, S) float in [0, 1] (or the input of the config's map modality).
+            chips: (B, 3, S, S) float in [0, 1] (or the input of the config's map modality; ``osm``: (B, G, S, S)
+                class indices, embedded before the polar transform, see :mod:`crossview.encoders.osm_input`).
 
         Returns:
             :class:`AerialEncoding` with descriptor (B, D) and columns (B, Dc, Wc).

@@ -25,6 +25,10 @@ architecture from it. Keys (every model):
 
 ``bev`` models add ``bev_size`` (BEV side in pixels), ``aerial_extent_m`` (ground width of a chip and of the BEV,
 metres) and ``camera_height_m`` (default camera height above the ground, metres).
+
+A map modality may add keys too (:func:`~crossview.encoders.modalities.register_map_modality`): ``osm`` models
+(``map_modality: "osm"``, e.g. ``safa-resnet18-lite-osm``) add ``osm_embedding_dim`` (embedding size per class
+group) and ``osm_classes`` (the legend, band -> class names); see :mod:`crossview.encoders.osm_input`.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from __future__ import annotations
 import json
 import numbers
 
+import crossview.encoders.osm_input  # noqa: F401  (registers the "osm" map modality)
 from crossview.encoders.backbones import BACKBONES, STRIDE
-from crossview.encoders.modalities import map_modalities
+from crossview.encoders.modalities import map_modalities, modality_defaults, validate_modality_config
 from crossview.encoders.model import CrossViewModel
 from crossview.errors import ConfigError
 
@@ -71,8 +76,13 @@ def _variant_defaults(variant: str) -> dict:
     raise ConfigError(f"unknown model variant {variant!r}; available: safa, bev")
 
 
+def _defaults(variant: str, modality: str) -> dict:
+    """Every key (with its default) of a model config of this variant and map modality."""
+    return {**_variant_defaults(variant), "map_modality": modality, **modality_defaults(modality)}
+
+
 def _entry(name: str, variant: str = "safa", **values) -> dict:
-    return {**_variant_defaults(variant), "name": name, **values}
+    return {**_defaults(variant, values.get("map_modality", "aerial")), "name": name, **values}
 
 
 _REGISTRY: dict[str, dict] = {
@@ -94,6 +104,16 @@ _REGISTRY: dict[str, dict] = {
             polar_width=256,
             pano_width=256,
         ),
+        # The lite model on OpenStreetMap class rasters (16-dim embedding per class group, OrienterNet-style).
+        _entry(
+            "safa-resnet18-lite-osm",
+            backbone="resnet18",
+            descriptor_dim=512,
+            column_channels=16,
+            polar_width=256,
+            pano_width=256,
+            map_modality="osm",
+        ),
     )
 }
 
@@ -112,8 +132,9 @@ def model_config(name: str, **overrides) -> dict:
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     config = dict(_REGISTRY[name])
-    if "variant" in overrides:
-        config = {**_variant_defaults(overrides["variant"]), **_known(config, overrides["variant"])}
+    if "variant" in overrides or "map_modality" in overrides:
+        variant = overrides.get("variant", config["variant"])
+        config = _known(config, _defaults(variant, overrides.get("map_modality", config["map_modality"])))
     unknown = sorted(set(overrides) - set(config))
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(unknown)} for model {name}; valid: {', '.join(config)}")
@@ -121,9 +142,10 @@ def model_config(name: str, **overrides) -> dict:
     return validate_config(config)
 
 
-def _known(config: dict, variant: str) -> dict:
-    keys = _variant_defaults(variant)
-    return {key: value for key, value in config.items() if key in keys and key != "variant"}
+def _known(config: dict, defaults: dict) -> dict:
+    """``defaults`` updated with the values ``config`` has for their keys (but not its variant and modality)."""
+    kept = {k: v for k, v in config.items() if k in defaults and k not in ("variant", "map_modality")}
+    return {**defaults, **kept}
 
 
 def get_model(name: str, **overrides) -> CrossViewModel:
@@ -154,8 +176,7 @@ def model_from_config(config: dict, *, load_pretrained: bool = False) -> CrossVi
     """
     if not isinstance(config, dict):
         raise ConfigError(f"a model config must be a dict, got {type(config).__name__}")
-    variant = config.get("variant", "safa")
-    defaults = _variant_defaults(variant)
+    defaults = _defaults(config.get("variant", "safa"), config.get("map_modality", "aerial"))
     unknown = sorted(set(config) - set(defaults))
     if unknown:
         raise ConfigError(f"unknown model config key(s): {', '.join(unknown)}")
@@ -183,6 +204,7 @@ def validate_config(config: dict) -> dict:
     _check_heads(config)
     if config["variant"] == "bev":
         _check_bev(config)
+    config = validate_modality_config(config)
     try:
         return json.loads(json.dumps(config))
     except (TypeError, ValueError) as error:

@@ -33,7 +33,7 @@ def test_every_registered_model_produces_the_documented_shapes(name: str) -> Non
     config = model.config
     batch, chip_px, wc = 2, 32, 128 // 16
     dim, dc = config["descriptor_dim"], config["column_channels"] * config["column_rows"]
-    chips, panos = torch.rand(batch, 3, chip_px, chip_px), torch.rand(batch, 3, 32, 128)
+    chips, panos = _map_chips(config, batch, chip_px), torch.rand(batch, 3, 32, 128)
     pinholes, hfov = torch.rand(batch, 3, 24, 32), torch.tensor([60.0, 90.0])
     with torch.no_grad():
         levels = model.aerial_backbone(model.map_input(chips))
@@ -65,6 +65,14 @@ def test_every_registered_model_produces_the_documented_shapes(name: str) -> Non
     offset = torch.remainder(heading - stepped + 180, 360) - 180
     assert bool((offset.abs() <= 180 / wc + 1e-3).all())
     _assert_refinement_shapes(refinement, config["refine_channels"], (32, 128), (chip_px, chip_px), batch)
+
+
+def _map_chips(config: dict, batch: int, size: int) -> torch.Tensor:
+    """Chips of the model's map modality: RGB in [0, 1], or OSM class indices within the model's legend."""
+    if config["map_modality"] == "osm":
+        bands = [torch.randint(0, len(names) + 1, (batch, size, size)) for names in config["osm_classes"].values()]
+        return torch.stack(bands, dim=1).to(torch.uint8)
+    return torch.rand(batch, 3, size, size)
 
 
 def _assert_refinement_shapes(refinement, channels, ground_hw, chip_hw, batch) -> None:

@@ -49,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pano-size", default="1024x512", metavar="WxH", help="panorama size (default 1024x512)")
     parser.add_argument("--pinhole-size", default="640x480", metavar="WxH", help="pinhole size (default 640x480)")
     parser.add_argument("--overwrite", action="store_true", help="replace DIR if it exists and is not empty")
+    parser.add_argument(
+        "--osm-tiles-only", action="store_true",
+        help="generate nothing: add the OSM class tiles <City>/osm/ to the existing world in --out (its towns' "
+        "satellite/ tiles and osm.osm; with --city, only those towns; --overwrite rewrites existing tiles)",
+    )  # fmt: skip
 
 
 def _progress_printer():
@@ -61,7 +66,21 @@ def _progress_printer():
     return show
 
 
+def _add_osm_tiles(args: argparse.Namespace) -> int:
+    from crossview.data.synth.osmtiles import add_osm_tiles
+
+    progress = _progress_printer()
+    summaries = add_osm_tiles(args.out, cities=args.city, overwrite=args.overwrite, progress=progress)
+    if progress is not None:
+        print(file=sys.stderr)
+    for summary in summaries:
+        print(f"{summary['city']}: {summary['written']} OSM tiles written, {summary['kept']} kept")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.osm_tiles_only:
+        return _add_osm_tiles(args)
     from crossview.data.synth.world import generate_world  # heavy imports only when the command runs
 
     cities = args.city if args.city else (args.cities if args.cities is not None else 1)
@@ -97,13 +116,15 @@ COMMAND = Command(
         "latitudes and longitudes on both hemispheres) an aerial orthophoto <City>/map.tif (EPSG:3857, zoom-20\n"
         "pixels on the global grid), its vectors <City>/osm.osm (OSM XML), north-aligned 360-degree panoramas\n"
         "<City>/panorama/<id>,<lat>,<lon>,.jpg and optional pinhole views ray cast from the same 2.5-D scene,\n"
-        "their poses <City>/poses.csv, and VIGOR's aerial tiles and split files.\n\n"
+        "their poses <City>/poses.csv, VIGOR's aerial tiles and split files, and the OSM class tile of every\n"
+        "aerial tile <City>/osm/<tile name> (drawn from osm.osm; --osm-tiles-only adds them to an older world).\n\n"
         f"towns: {', '.join(p.name for p in PLACES)}\n\n"
         "examples:\n"
         "  crossview synth --out world\n"
         "  crossview synth --out world --seed 7 --cities 4 --size-m 400 --panoramas 300\n"
         "  crossview synth --out tiny --city Bergen --size-m 80 --panoramas 10 --pano-size 512x256\n"
         "  crossview synth --out world --pinhole-per-pano 2 --pinhole-size 640x480 --overwrite\n"
+        "  crossview synth --out old-world --osm-tiles-only\n"
     ),
     add_arguments=add_arguments,
     run=main,

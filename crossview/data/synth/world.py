@@ -8,6 +8,7 @@ For every town (see :mod:`crossview.data.synth.places`) it writes::
     <out>/<City>/pinhole/<id>_<k>.jpg     level pinhole views from the panoramas' positions (optional)
     <out>/<City>/poses.csv                image,lat,lon,heading_deg,camera,fov_deg,camera_height_m
     <out>/<City>/satellite/..., <out>/splits/<City>/...   VIGOR tiles and labels (crossview.data.vigor)
+    <out>/<City>/osm/...                  the OSM class tile of every aerial tile (crossview.data.synth.osmtiles)
     <out>/synth.json                      the settings and a summary of every town
 
 The whole world is first written into a temporary sibling folder and renamed into place at the end, so an
@@ -37,6 +38,7 @@ from shapely.geometry import Polygon
 
 from crossview import __version__
 from crossview.data.synth.aerial import ROAD, SIDEWALK, AerialRenderer, GroundRasters, box_downsample, worker_count
+from crossview.data.synth.osmtiles import write_osm_tiles
 from crossview.data.synth.osmxml import town_to_osm_xml, write_osm
 from crossview.data.synth.places import Place, place_for_seed, select_places
 from crossview.data.synth.projection import PixelGrid, TownProjection
@@ -356,6 +358,8 @@ def build_city(root: Path, place: Place, settings: WorldSettings, progress: Prog
         map_written.result()
         vigor = tiles_written.result()
         clock.lap("osm_and_waiting_for_map_and_tiles")
+    osm_tiles = write_osm_tiles(city_dir)  # from osm.osm, for every tile in satellite/
+    clock.lap("osm_tiles")
     centre = _grid_centre_latlon(layout.ortho)
     return {
         "name": place.name,
@@ -368,6 +372,7 @@ def build_city(root: Path, place: Place, settings: WorldSettings, progress: Prog
         "panoramas": len(records),
         "pinholes": len(shots) - len(records),
         "tiles": vigor.get("num_tiles"),
+        "osm_tiles": osm_tiles["written"],
         "buildings": len(town.buildings),
         "trees": len(town.trees),
         "cars": len(town.cars),
