@@ -218,7 +218,11 @@ STAGES: dict[str, Callable[[BenchConfig], dict[str, Any]]] = {
     "tile_fetch": bench_tile_fetch,
     "osm_rasterize": bench_osm_rasterize,
     "synth": bench_synth,
+    "encoder": _lazy("crossview.bench_pipeline", "bench_encoder"),
+    "index_build": _lazy("crossview.retrieval.benchmark", "bench_index_build"),
+    "index_query": _lazy("crossview.retrieval.benchmark", "bench_index_query"),
     "refiner": _lazy("crossview.refinement.benchmark", "bench_refiner"),
+    "locate": _lazy("crossview.bench_pipeline", "bench_locate"),
 }
 
 
@@ -266,6 +270,21 @@ def run_benchmarks(config: BenchConfig, stage_names: list[str]) -> dict[str, Any
     }
 
 
+def _figure_cells(f: dict[str, Any], unit: str) -> tuple[str, str, str, str]:
+    """Batch, ms per batch, median and best rates of one variant ('' where a stage does not report them)."""
+
+    def number(key: str, text: str) -> str:
+        value = f.get(key)
+        return text.format(value) if isinstance(value, (int, float)) else ""
+
+    return (
+        number("batch", "{}"),
+        number("ms_per_batch", "{:.1f}") or number("seconds", "{:.1f} s"),
+        number("per_s", "{:.1f} " + unit + "/s"),
+        number("best_per_s", "{:.1f} " + unit + "/s"),
+    )
+
+
 def format_table(report: dict[str, Any]) -> str:
     """A plain aligned table: one row per stage and variant."""
     machine = report["machine"]
@@ -282,9 +301,7 @@ def format_table(report: dict[str, Any]) -> str:
         unit = figures["unit"]
         for variant, f in figures["variants"].items():
             device = figures["settings"].get("device", "cpu")
-            batch, ms = str(f["batch"]), f"{f['ms_per_batch']:.1f}"
-            rates = (f"{f['per_s']:.1f} {unit}/s", f"{f['best_per_s']:.1f} {unit}/s")
-            rows.append((stage, variant, device, batch, ms, *rates))
+            rows.append((stage, variant, device, *_figure_cells(f, unit)))
     widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
     right_aligned = {3, 4, 5, 6}  # the numbers
     lines = []

@@ -47,7 +47,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "crossview.evaluate",
         "evaluate a model's retrieval on a VIGOR-layout dataset (recall@k, hit rate, metre errors)",
     ),
+    "index": ("crossview.index", "encode a map's chips with a model into a searchable chip index (FAISS)"),
     "bench": ("crossview.bench", "measure the throughput of crossview's stages on this machine"),
+    "locate": (
+        "crossview.locate",
+        "geolocate photos (position, heading, uncertainty) against a map, index or tile source; GeoJSON/CSV out",
+    ),
+    "demo": ("crossview.demo", "run the whole pipeline offline on a synthetic town with the shipped model"),
     "plot": ("crossview.plot", "plot located images (heading arrows, uncertainty ellipses, truth) over their map"),
 }
 

@@ -1,0 +1,119 @@
+"""Benchmarks of the learned stages and of the whole pipeline (wired into ``crossview bench``).
+
+* ``encoder``: images per second through the shipped model's ground branch (panoramas, pinholes) and aerial
+  branch (chips), batched and one at a time;
+* ``locate``: ``crossview locate`` end to end on a synthetic town (index built first, timed separately) with
+  100 m priors: images per second, and the peak resident memory of the locate process (run as a subprocess so
+  that the figure is its own).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crossview.bench import BenchConfig, batch_figures, time_call
+
+MODEL = "synth-v1"
+
+
+def bench_encoder(config: BenchConfig) -> dict[str, Any]:
+    """Ground (panorama 64x256, pinhole 128x170 at 90 degrees) and aerial (128 px chips) images per second."""
+    from crossview.checkpoints import load_model
+
+    model = load_model(MODEL, config.device)
+    batch = config.batch_size(32, 8)
+    device = config.device
+    panoramas = torch.rand(batch, 3, model.config["pano_height"], model.config["pano_width"], device=device)
+    pinholes = torch.rand(batch, 3, 128, 170, device=device)
+    chips = torch.rand(batch, 3, model.config["aerial_size"], model.config["aerial_size"], device=device)
+    variants = {}
+    with torch.inference_mode():
+        cases = {
+            "panorama": lambda x: model.encode_ground(x, camera="panorama"),
+            "pinhole": lambda x: model.encode_ground(x, camera="pinhole", hfov_deg=90.0),
+            "aerial_chip": lambda x: model.encode_aerial(x),
+        }
+        for (name, fn), images in zip(cases.items(), (panoramas, pinholes, chips), strict=True):
+            variants[f"{name}_batched"] = batch_figures(time_call(lambda f=fn, x=images: f(x), config), batch)
+            single = images[:1]
+            variants[f"{name}_single"] = batch_figures(time_call(lambda f=fn, x=single: f(x), config), 1)
+    ratio = variants["aerial_chip_batched"]["per_s"] / variants["aerial_chip_single"]["per_s"]
+    return {
+        "unit": "images",
+        "settings": {"model": MODEL, "batch": batch, "threads": torch.get_num_threads()},
+        "variants": variants,
+        "ratios": {"aerial_batched_over_single": round(ratio, 2)},
+    }
+
+
+def bench_locate(config: BenchConfig) -> dict[str, Any]:
+    """End to end: a synthetic town (300 m square with its map margin, about 0.5 km^2; quick: 100 m), its index,
+    then ``crossview locate`` on its panoramas and pinhole views with 100 m priors."""
+    from crossview.data.synth import generate_world
+    from crossview.demo import write_demo_priors
+    from crossview.retrieval import build_index
+
+    size_m, panoramas = (100.0, 8) if config.quick else (300.0, 40)
+    with tempfile.TemporaryDirectory(prefix="crossview-bench-") as tmp:
+        root = Path(tmp)
+        generate_world(
+            root / "world",
+            seed=4243,
+            cities=["Bergen"],
+            size_m=size_m,
+            panoramas=panoramas,
+            pinhole_per_pano=1,
+            pano_size=(256, 512),
+            pinhole_size=(240, 320),
+        )
+        town = root / "world" / "Bergen"
+        started = time.perf_counter()
+        index = build_index(town / "map.tif", MODEL, device=config.device, progress=False)
+        index_s = time.perf_counter() - started
+        index.save(root / "area.idx")
+        priors = write_demo_priors(town / "poses.csv", root / "priors.csv", seed=1)
+        argv = [
+            sys.executable, "-m", "crossview", "locate", str(town / "panorama"), str(town / "pinhole"),
+            "--index", str(root / "area.idx"), "--priors", str(priors), "--out", str(root / "r.geojson"),
+            "--device", config.device, "--workers", "1",
+        ]  # fmt: skip
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        started = time.perf_counter()
+        subprocess.run(argv, check=True, capture_output=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        locate_s = time.perf_counter() - started
+        peak_kb = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before)
+        images = 2 * panoramas
+        map_km2 = _map_area_km2(town / "map.tif")
+    return {
+        "unit": "images",
+        "settings": {"model": MODEL, "town_size_m": size_m, "map_km2": round(map_km2, 3), "images": images},
+        "variants": {
+            "index_build": {"seconds": round(index_s, 2), "chips": len(index), "per_s": round(len(index) / index_s, 1)},
+            "locate": {
+                "seconds": round(locate_s, 2),
+                "per_s": round(images / locate_s, 2),
+                "peak_rss_mb": round(peak_kb / 1024.0, 1),
+                "note": "wall time of the whole command, interpreter start and model load included",
+            },
+        },
+    }
+
+
+def _map_area_km2(path: Path) -> float:
+    from crossview.geometry.webmercator import meters_per_pixel
+    from crossview.maps.raster import GeoRaster
+
+    raster = GeoRaster.read(path)
+    _, south, _, north = raster.bounds("EPSG:4326")
+    mpp = meters_per_pixel(lat=(south + north) / 2, zoom=20)
+    return raster.width * raster.height * mpp**2 / 1e6 if math.isfinite(mpp) else math.nan

@@ -1,0 +1,635 @@
+"""Localization of decoded ground images against map chips: retrieve candidate chips, refine each, keep the best.
+
+For each image (its camera and prior from :mod:`crossview.inputs`):
+
+1. Encode it (:meth:`CrossViewModel.encode_ground`): azimuth column features (and the descriptor).
+2. Candidates: every chip of the :class:`ChipTable` whose centre lies in the prior disc (the whole table without
+   a prior) is scored by DSM-style orientation-aware matching of column features over all azimuths (restricted to
+   +/- :data:`HEADING_PRIOR_TOLERANCE_DEG` around a heading prior); the ``top_k`` chips, each with its best
+   heading (and, without a heading prior, also the opposite heading: streets look alike both ways), are the
+   candidates. Orientation-aware scores need no heading, so panoramas of any heading and
+   pinhole views work alike.
+3. Refinement (:func:`crossview.refinement.refine_candidates`): for each candidate a chip is cut centred on it
+   (true-north-up, the index's footprint) and the pose is refined by LM on the model's three feature levels, in
+   the chip's local frame: x east, y TRUE north, ground metres, heading clockwise from true north. The candidate
+   with the lowest final cost per ground point wins; if every refinement fails, the best retrieved chip centre and
+   heading are returned with the lattice's spacing as uncertainty.
+4. The pose goes back to the map frame (grid = true rotated by the meridian convergence, scaled by the UTM point
+   scale factor) and to WGS84; its covariance becomes the 1-sigma ellipse and heading std of the record.
+
+Score: the winning candidate's orientation-aware similarity times ``exp(-mean cost per point / COST_SCALE)``;
+higher means a smaller error (calibrated on held-out synthetic data, see the README).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from crossview.errors import ConfigError, CrossviewError
+from crossview.export.records import CameraInfo, ImageResult, Prior, pose_uncertainty
+from crossview.geometry.frames import LocalFrame
+
+HEADING_PRIOR_TOLERANCE_DEG = 45.0
+COST_SCALE = 0.05
+DEFAULT_CAMERA_HEIGHT_M = 2.0
+PINHOLE_HEIGHT_PX = 128
+"""Pinhole views are resized to this height (aspect kept) before encoding."""
+CHIP_BATCH = 64
+
+
+class LocalizeError(CrossviewError, ValueError):
+    """Localization cannot start (no chip in the map, a priors file that cannot be used, ...)."""
+
+
+# ---- per-image priors from a CSV ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CsvPrior:
+    """One row of a ``--priors`` CSV."""
+
+    prior: Prior
+    camera_height_m: float | None
+
+
+def read_priors_csv(path: str | os.PathLike[str], default_radius_m: float) -> dict[str, CsvPrior]:
+    """``image,lat,lon[,radius_m][,heading_deg][,camera_height_m]`` rows keyed by image path and by file name.
+
+    Image paths are matched as given on the command line, relative to the CSV's folder, or by file name.
+
+    Raises:
+        LocalizeError: missing file or columns, or a bad value (message names the file and line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LocalizeError(f"--priors {path}: file not found")
+    table: dict[str, CsvPrior] = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"image", "lat", "lon"} - set(reader.fieldnames or [])
+        if missing:
+            raise LocalizeError(f"--priors {path}: missing column(s) {', '.join(sorted(missing))}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                entry = _csv_prior(row, default_radius_m)
+            except (ValueError, CrossviewError) as error:
+                raise LocalizeError(f"--priors {path}:{line}: {error}") from None
+            image = row["image"]
+            for key in (image, str(path.parent / image), Path(image).name):
+                table.setdefault(key, entry)
+    return table
+
+
+def _csv_prior(row: dict[str, str], default_radius_m: float) -> CsvPrior:
+    def number(key: str) -> float | None:
+        text = (row.get(key) or "").strip()
+        return float(text) if text else None
+
+    radius = number("radius_m") or default_radius_m
+    prior = Prior("cli", radius, number("lat"), number("lon"), number("heading_deg"))
+    return CsvPrior(prior, number("camera_height_m"))
+
+
+def lookup_prior(table: dict[str, CsvPrior], image: str) -> CsvPrior | None:
+    return table.get(image) or table.get(str(Path(image))) or table.get(Path(image).name)
+
+
+# ---- chips ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChipTable:
+    """The chips candidates are drawn from, in the index frame.
+
+    Attributes:
+        centers_xy: (N, 2) float64 chip centres, metres.
+        columns: (N, Dc, Wc) float32 aerial column features (orientation-aware matching).
+        frame: the index frame.
+        sampler: cuts chips at any centre exactly as the table's were cut.
+        map_name: the map's file name (recorded in the results).
+    """
+
+    centers_xy: np.ndarray
+    columns: Tensor
+    frame: LocalFrame
+    sampler: Any
+    map_name: str
+
+    def within(self, x_m: float, y_m: float, radius_m: float | None) -> np.ndarray:
+        """Ids of chips whose centre is within ``radius_m`` grid metres of (x, y) (all when None)."""
+        if radius_m is None or not math.isfinite(radius_m):
+            return np.arange(len(self.centers_xy))
+        d2 = (self.centers_xy[:, 0] - x_m) ** 2 + (self.centers_xy[:, 1] - y_m) ** 2
+        return np.flatnonzero(d2 <= radius_m**2)
+
+
+def encode_chip_columns(model: Any, sampler: Any, centers_xy: np.ndarray, device: str) -> Tensor:
+    """(N, Dc, Wc) aerial column features of chips cut at ``centers_xy`` (batched, no gradients)."""
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(centers_xy), CHIP_BATCH):
+            chips, _ = sampler.crop(centers_xy[start : start + CHIP_BATCH], device=device)
+            out.append(model.encode_aerial(chips).columns.float().cpu())
+    if not out:
+        return torch.zeros(0)
+    return torch.cat(out)
+
+
+def chip_table_from_map(
+    raster: Any,
+    model: Any,
+    *,
+    map_name: str,
+    stride_m: float | None,
+    areas_xy: Sequence[tuple[float, float, float]] | None,
+    device: str,
+) -> ChipTable:
+    """Chips of a map on the index lattice, only inside ``areas_xy`` discs (x, y, radius in the lattice frame)
+    when given, with their column features.
+
+    Raises:
+        LocalizeError: no valid chip in the map (or in the areas).
+    """
+    from crossview.retrieval.chips import DEFAULT_STRIDE_M, ChipSampler, chip_geometry_for_model
+
+    geometry = chip_geometry_for_model(model.config, raster)
+    sampler = ChipSampler(raster, geometry)
+    stride = stride_m or DEFAULT_STRIDE_M
+    centers = sampler.lattice(stride)
+    if areas_xy:
+        keep = np.zeros(len(centers), dtype=bool)
+        for x, y, radius in areas_xy:
+            keep |= (centers[:, 0] - x) ** 2 + (centers[:, 1] - y) ** 2 <= (radius + stride) ** 2
+        centers = centers[keep]
+    if len(centers) == 0:
+        raise LocalizeError(f"map {map_name}: no valid {geometry.extent_m:.0f} m chip where the images may be")
+    columns = encode_chip_columns(model, sampler, centers, device)
+    return ChipTable(centers, columns, geometry.frame, sampler, map_name)
+
+
+# ---- decoding (worker processes) ---------------------------------------------------------------------------
+
+
+@dataclass
+class Decoded:
+    """One input after decoding: the image tensor for the model, or why it failed."""
+
+    image: str
+    pixels: Tensor | None = None  # (3, H, W) float32 in [0, 1], model input size
+    camera: CameraInfo | None = None
+    prior: Prior = field(default_factory=Prior)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    pano_hw: tuple[int, int]
+    camera: str
+    hfov_deg: float | None
+    camera_height_m: float | None
+    prior_radius_m: float
+    exif_prior: bool
+    priors: dict[str, CsvPrior]
+
+
+class ChunkDataset(torch.utils.data.Dataset):
+    """Item ``i`` = the decoded images of chunk ``i`` (decoding runs in DataLoader workers)."""
+
+    def __init__(self, chunks: Sequence[Sequence[str]], settings: DecodeSettings) -> None:
+        self.chunks, self.settings = list(chunks), settings
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, index: int) -> list[Decoded]:
+        return [decode_one(image, self.settings) for image in self.chunks[index]]
+
+
+def decode_one(image: str, settings: DecodeSettings) -> Decoded:
+    """Decode, pick the camera and prior, resize for the model; any failure is recorded, never raised."""
+    from crossview.inputs import choose_camera, load_image, prior_from_metadata
+
+    try:
+        rgb, metadata = load_image(image)
+        row = lookup_prior(settings.priors, image)
+        height = settings.camera_height_m or (row.camera_height_m if row else None) or DEFAULT_CAMERA_HEIGHT_M
+        camera = choose_camera(metadata, camera=settings.camera, hfov_deg=settings.hfov_deg, height_m=height)
+        if row is not None:
+            prior = row.prior
+        else:
+            prior = prior_from_metadata(
+                metadata,
+                prior_radius_m=settings.prior_radius_m,
+                use_gps=settings.exif_prior,
+                use_heading=settings.exif_prior,
+            )
+        pixels = _model_pixels(rgb, camera, settings.pano_hw)
+    except (CrossviewError, OSError, ValueError) as error:
+        return Decoded(image, error=" ".join(str(error).split()))
+    return Decoded(image, pixels, camera, prior)
+
+
+def _model_pixels(rgb: np.ndarray, camera: CameraInfo, pano_hw: tuple[int, int]) -> Tensor:
+    tensor = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).float().div_(255.0)[None]
+    if camera.model == "panorama":
+        size = pano_hw
+    else:
+        height = PINHOLE_HEIGHT_PX
+        size = (height, max(8, round(height * rgb.shape[1] / rgb.shape[0])))
+    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+# ---- the localizer -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Candidates:
+    """Top-k chips of one image: ids, centres (x, y), orientation-aware scores, true headings in degrees."""
+
+    ids: np.ndarray
+    centers_xy: np.ndarray
+    scores: np.ndarray
+    heading_deg: np.ndarray
+
+
+class Localizer:
+    """Runs the stages on decoded images (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: Any,
+        table: ChipTable,
+        *,
+        model_name: str,
+        top_k: int,
+        device: str = "cpu",
+        refiner_config: Any = None,
+    ) -> None:
+        from crossview.refinement import RefinerConfig
+
+        self.model, self.table, self.model_name, self.top_k = model, table, model_name, int(top_k)
+        self.device = device
+        self.refiner_config = refiner_config or RefinerConfig()
+        self.map_name = table.map_name
+        self.total_columns = model.azimuth_columns
+        geometry = table.sampler.geometry
+        self.chip_gsd_m, self.chip_px = float(geometry.gsd_m), int(geometry.size_px)
+        self.stride_m = (
+            float(np.median(np.diff(np.unique(table.centers_xy[:, 0])))) if len(table.centers_xy) > 1 else 10.0
+        )
+
+    # ---- stages ------------------------------------------------------------------------------------------
+    def candidates(self, ground: Any, index: int, prior: Prior) -> Candidates | None:
+        """The top-k chips for image ``index`` of a ground encoding (None when no chip is inside the prior)."""
+        from crossview.encoders.orientation import orientation_scores, place_on_canvas, refine_peak
+
+        x, y, radius = self._prior_xy(prior)
+        ids = self.table.within(x, y, radius)
+        if len(ids) == 0:
+            return None
+        canvas, mask = place_on_canvas(
+            ground.columns[index : index + 1].float(), ground.column_fov[index : index + 1], self.total_columns
+        )
+        per_shift = orientation_scores(canvas, mask, self.table.columns[ids])[0]  # (M, Wc)
+        if prior.heading_deg is not None:
+            per_shift = per_shift + self._heading_penalty(prior.heading_deg)
+        scores, best = per_shift.max(dim=-1)
+        shift = refine_peak(per_shift, best)
+        order = torch.argsort(scores, descending=True)[: self.top_k].numpy()
+        heading = np.remainder(shift.numpy()[order] * 360.0 / self.total_columns, 360.0)
+        chosen, chosen_scores = ids[order], scores.numpy()[order]
+        if prior.heading_deg is None:
+            # Street scenes look alike ahead and behind: also refine each chip facing the other way.
+            opposite = (best[order] + self.total_columns // 2) % self.total_columns
+            opposite_scores = per_shift[torch.from_numpy(order), opposite].numpy()
+            chosen = np.concatenate([chosen, chosen])
+            chosen_scores = np.concatenate([chosen_scores, opposite_scores])
+            heading = np.concatenate([heading, np.remainder(heading + 180.0, 360.0)])
+        return Candidates(chosen, self.table.centers_xy[chosen], chosen_scores, heading)
+
+    def _heading_penalty(self, heading_deg: float) -> Tensor:
+        shifts_deg = torch.arange(self.total_columns, dtype=torch.float32) * 360.0 / self.total_columns
+        diff = torch.remainder(shifts_deg - float(heading_deg) + 180.0, 360.0) - 180.0
+        return torch.where(diff.abs() <= HEADING_PRIOR_TOLERANCE_DEG, 0.0, -10.0)
+
+    def _prior_xy(self, prior: Prior) -> tuple[float, float, float | None]:
+        if prior.lat is None or prior.radius_m is None:
+            return 0.0, 0.0, None
+        x, y = self.table.frame.to_xy(lat=prior.lat, lon=prior.lon)
+        scale = float(self.table.frame.scale_factor(lat=prior.lat, lon=prior.lon))
+        return float(x), float(y), float(prior.radius_m) * scale
+
+    def refine(self, pixels: Tensor, camera: CameraInfo, found: Candidates) -> dict[str, Any]:
+        """LM refinement of every candidate of one image in the chips' true-north frames; the best one."""
+        from crossview.encoders.circular import circular_width
+        from crossview.geometry.cameras import PanoramaCamera, PinholeCamera
+        from crossview.geometry.ground import MapChip
+        from crossview.geometry.pose import Pose2
+        from crossview.refinement import refine_candidates
+
+        model, k = self.model, len(found.ids)
+        images = pixels[None].to(self.device)
+        chips, _ = self.table.sampler.crop(found.centers_xy, device=self.device)
+        with torch.inference_mode():
+            with circular_width(camera.model == "panorama"):
+                g_feats, g_confs = model.ground_decoder(model.ground_backbone(model.ground_input(images)))
+            c_feats, c_confs = model.aerial_decoder(model.aerial_backbone(model.map_input(chips)))
+        height_px, width_px = images.shape[-2:]
+        if camera.model == "panorama":
+            cam = PanoramaCamera(width_px, height_px)
+        else:
+            cam = PinholeCamera.from_hfov(width_px, height_px, float(camera.hfov_deg))
+        init = torch.zeros(k, 3, dtype=torch.float64)
+        init[:, 2] = torch.from_numpy(np.deg2rad(found.heading_deg))
+        result = refine_candidates(
+            [f.float() for f in g_feats],
+            [c.float() for c in g_confs],
+            [f.float() for f in c_feats],
+            [c.float() for c in c_confs],
+            MapChip.square(torch.zeros(k, 2), self.chip_gsd_m, self.chip_px),
+            cam,
+            float(camera.height_m),
+            Pose2(init),
+            self.refiner_config,
+        )
+        mean_cost = (result.cost / result.num_points.clamp(min=1)).double()
+        mean_cost = torch.where(result.failed, torch.full_like(mean_cost, math.inf), mean_cost)
+        best = int(torch.argmin(mean_cost))
+        return {
+            "best": best,
+            "pose_local": result.pose.data[best].double().cpu().numpy(),
+            "covariance": result.covariance[best].double().cpu().numpy(),
+            "mean_cost": float(mean_cost[best]),
+            "failed": bool(result.failed[best]) or not math.isfinite(float(mean_cost[best])),
+        }
+
+    # ---- one image -----------------------------------------------------------------------------------------
+    def result_for(self, item: Decoded, ground: Any, index: int) -> ImageResult:
+        """The record of one decoded image (failed with the reason when no pose can be given)."""
+        common = {"prior": item.prior, "camera": item.camera, "model": self.model_name, "map": self.map_name}
+        found = self.candidates(ground, index, item.prior)
+        if found is None:
+            where = (
+                f"{item.prior.radius_m:g} m of {item.prior.lat:.6f}, {item.prior.lon:.6f}"
+                if item.prior.lat is not None
+                else "the map"
+            )
+            return ImageResult.failed(item.image, f"no map chip within {where}", **common)
+        refined = self.refine(item.pixels, item.camera, found)
+        if refined["failed"]:
+            offset = np.zeros(2)
+            heading_true = float(found.heading_deg[0])
+            center = found.centers_xy[0]
+            cov = np.diag([self.stride_m**2 / 6.0] * 2 + [math.radians(360.0 / self.total_columns) ** 2 / 12.0])
+            score = float(found.scores[0]) * 0.5
+        else:
+            best = refined["best"]
+            offset, heading_true = refined["pose_local"][:2], math.degrees(refined["pose_local"][2])
+            center, cov = found.centers_xy[best], refined["covariance"]
+            score = float(found.scores[best]) * math.exp(-refined["mean_cost"] / COST_SCALE)
+        lat, lon = self._to_latlon(center, offset)
+        uncertainty = pose_uncertainty(cov).as_fields() if np.isfinite(cov).all() else {}
+        return ImageResult(
+            image=item.image,
+            status="ok",
+            lat=lat,
+            lon=lon,
+            heading_deg=heading_true % 360.0,
+            score=score,
+            **uncertainty,
+            **common,
+        )
+
+    def _to_latlon(self, center_xy: np.ndarray, offset_true_m: np.ndarray) -> tuple[float, float]:
+        """Chip centre (grid) + offset (east, true north, ground metres) -> WGS84."""
+        frame = self.table.frame
+        lat0, lon0 = frame.to_latlon(float(center_xy[0]), float(center_xy[1]))
+        gamma = math.radians(float(frame.convergence_deg(lat=lat0, lon=lon0)))
+        scale = float(frame.scale_factor(lat=lat0, lon=lon0))
+        east, north = float(offset_true_m[0]), float(offset_true_m[1])
+        dx = scale * (east * math.cos(gamma) - north * math.sin(gamma))
+        dy = scale * (north * math.cos(gamma) + east * math.sin(gamma))
+        lat, lon = frame.to_latlon(float(center_xy[0]) + dx, float(center_xy[1]) + dy)
+        return float(lat), float(lon)
+
+    # ---- batches -------------------------------------------------------------------------------------------
+    def localize(self, items: Sequence[Decoded]) -> list[ImageResult]:
+        """Records of a chunk of decoded images, in order (images encoded in groups of equal camera and size)."""
+        results: dict[int, ImageResult] = {}
+        groups: dict[tuple, list[int]] = {}
+        for i, item in enumerate(items):
+            if item.error is not None:
+                results[i] = ImageResult.failed(
+                    item.image, item.error, prior=item.prior, model=self.model_name, map=self.map_name
+                )
+            else:
+                key = (item.camera.model, round(item.camera.hfov_deg or 0.0, 3), tuple(item.pixels.shape))
+                groups.setdefault(key, []).append(i)
+        for (camera_model, hfov, _), members in groups.items():
+            images = torch.stack([items[i].pixels for i in members]).to(self.device)
+            with torch.inference_mode():
+                ground = self.model.encode_ground(
+                    images, camera=camera_model, hfov_deg=None if camera_model == "panorama" else hfov
+                )
+            ground.columns, ground.column_fov = ground.columns.float().cpu(), ground.column_fov.float().cpu()
+            for j, i in enumerate(members):
+                try:
+                    results[i] = self.result_for(items[i], ground, j)
+                except CrossviewError as error:
+                    results[i] = ImageResult.failed(
+                        items[i].image, str(error), prior=items[i].prior, model=self.model_name, map=self.map_name
+                    )
+        return [results[i] for i in range(len(items))]
+
+    def run(
+        self, images: Sequence[str], *, skip: set[str], settings: DecodeSettings, batch_size: int, workers: int
+    ) -> Iterator[ImageResult]:
+        """Yield the record of every image not in ``skip``, chunk by chunk (chunks are fixed slices of
+        ``images``, so a resumed run processes the same batches)."""
+        chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        pending = [[image for image in chunk if image not in skip] for chunk in chunks]
+        pending = [chunk for chunk in pending if chunk]
+        loader = torch.utils.data.DataLoader(
+            ChunkDataset(pending, settings),
+            batch_size=None,
+            num_workers=workers,
+            persistent_workers=False,
+            multiprocessing_context="fork" if workers and os.name == "posix" else None,
+        )
+        for decoded in loader:
+            yield from self.localize(decoded)
+
+
+def check_settings(top_k: int) -> None:
+    if top_k < 1:
+        raise ConfigError(f"--top-k {top_k}: must be at least 1")
+
+
+# ---- building a localizer from the command line's settings --------------------------------------------------
+
+
+class LocateJob:
+    """A localizer with its decoding settings: what ``crossview locate`` runs."""
+
+    def __init__(self, localizer: Localizer, decode: DecodeSettings, *, batch_size: int, workers: int) -> None:
+        self.localizer, self.decode = localizer, decode
+        self.batch_size, self.workers = batch_size, workers
+        self.model_name, self.map_name = localizer.model_name, localizer.map_name
+
+    def run(self, images: Sequence[str], *, skip: set[str]) -> Iterator[ImageResult]:
+        return self.localizer.run(
+            images, skip=skip, settings=self.decode, batch_size=self.batch_size, workers=self.workers
+        )
+
+
+def image_priors(images: Sequence[str], decode: DecodeSettings) -> list[Prior | None]:
+    """The prior of every image from its header (EXIF) or the priors table; None where none can be read."""
+    from crossview.imagemeta import read_image_metadata
+    from crossview.inputs import prior_from_metadata
+
+    priors: list[Prior | None] = []
+    for image in images:
+        row = lookup_prior(decode.priors, image)
+        if row is not None:
+            priors.append(row.prior)
+            continue
+        try:
+            metadata = read_image_metadata(image)
+        except CrossviewError:
+            priors.append(None)  # the image fails later, with its reason
+            continue
+        priors.append(
+            prior_from_metadata(
+                metadata, prior_radius_m=decode.prior_radius_m, use_gps=decode.exif_prior, use_heading=False
+            )
+        )
+    return priors
+
+
+def _areas_xy(frame: LocalFrame, priors: Sequence[Prior | None]) -> list[tuple[float, float, float]] | None:
+    """Prior discs in ``frame`` (None when some image has no position prior: the whole map is needed)."""
+    usable = [p for p in priors if p is not None]
+    if not usable or any(p.lat is None for p in usable):
+        return None
+    areas = []
+    for p in usable:
+        x, y = frame.to_xy(lat=p.lat, lon=p.lon)
+        areas.append((float(x), float(y), float(p.radius_m) * 1.001))
+    return areas
+
+
+def build_localizer(settings: Any, images: Sequence[str]) -> LocateJob:
+    """Load the model and the map (``--index``, ``--map`` or ``--source``) for ``crossview locate``.
+
+    Raises:
+        CrossviewError: an unusable model, map, index, source or priors file (before any image is processed).
+    """
+    from crossview.checkpoints import load_checkpoint
+
+    checkpoint = load_checkpoint(settings.model)
+    model = checkpoint.build_model(settings.device)
+    model_name = checkpoint.name or Path(settings.model).name
+    priors_table = read_priors_csv(settings.priors, settings.prior_radius_m) if settings.priors else {}
+    decode = DecodeSettings(
+        pano_hw=(int(model.config["pano_height"]), int(model.config["pano_width"])),
+        camera=settings.camera,
+        hfov_deg=settings.hfov_deg,
+        camera_height_m=settings.camera_height_m,
+        prior_radius_m=settings.prior_radius_m,
+        exif_prior=settings.exif_prior,
+        priors=priors_table,
+    )
+    priors = image_priors(images, decode)
+    if settings.index:
+        table = _table_from_index(settings, model, checkpoint, priors)
+    else:
+        raster, map_name = _map_raster(settings, priors)
+        _check_modality(model, raster, map_name)
+        frame = _chip_frame(model, raster)
+        table = chip_table_from_map(
+            raster,
+            model,
+            map_name=map_name,
+            stride_m=settings.stride_m,
+            areas_xy=_areas_xy(frame, priors),
+            device=settings.device,
+        )
+    localizer = Localizer(model, table, model_name=model_name, top_k=settings.top_k, device=settings.device)
+    return LocateJob(localizer, decode, batch_size=settings.batch_size, workers=settings.workers)
+
+
+def _chip_frame(model: Any, raster: Any) -> LocalFrame:
+    from crossview.retrieval.chips import chip_geometry_for_model
+
+    return chip_geometry_for_model(model.config, raster).frame
+
+
+def _check_modality(model: Any, raster: Any, map_name: str) -> None:
+    try:
+        from crossview.encoders import check_map_modality
+    except ImportError:  # older encoders without modality checks
+        return
+    check_map_modality(model.config, raster, map_name=map_name)
+
+
+def _map_raster(settings: Any, priors: Sequence[Prior | None]) -> tuple[Any, str]:
+    from crossview.maps.raster import GeoRaster
+
+    if settings.map:
+        return GeoRaster.read(settings.map), Path(settings.map).name
+    return _fetch_source(settings, priors), str(settings.source)
+
+
+def _fetch_source(settings: Any, priors: Sequence[Prior | None]) -> Any:
+    """The map of ``--source`` around every image's prior (one fetch over their bounding box; tiles are cached,
+    so images of the same area never fetch a tile twice)."""
+    from crossview.fetch import FetchRequest, fetch_map
+    from crossview.geometry.bbox import BBox
+
+    if not priors or any(p is None or p.lat is None for p in priors):
+        raise LocalizeError("--source needs a position prior for every image (EXIF GPS or --priors)")
+    margin_m = 100.0  # room for the chips around the edge of each prior disc
+    boxes = [BBox.from_center(lat=p.lat, lon=p.lon, radius_m=float(p.radius_m) + margin_m) for p in priors]
+    union = BBox(
+        min(b.west for b in boxes), min(b.south for b in boxes), max(b.east for b in boxes), max(b.north for b in boxes)
+    )
+    request = FetchRequest(
+        source=settings.source, bbox=union, cache_dir=Path(settings.cache_dir), offline=settings.offline
+    )
+    return fetch_map(request)
+
+
+def _table_from_index(settings: Any, model: Any, checkpoint: Any, priors: Sequence[Prior | None]) -> ChipTable:
+    from crossview.maps.raster import GeoRaster
+    from crossview.retrieval import ChipIndex
+
+    index = ChipIndex.load(settings.index, model_sha256=checkpoint.sha256)
+    map_path = index.meta.get("map", {}).get("path")
+    if not map_path or not Path(map_path).is_file():
+        raise LocalizeError(f"--index {settings.index}: its map {map_path} is not there (pass --map instead)")
+    raster = GeoRaster.read(map_path)
+    _check_modality(model, raster, Path(map_path).name)
+    sampler = index.chip_sampler(raster)
+    centers = index.centers_xy
+    areas = _areas_xy(index.frame, priors)
+    ids = np.arange(len(centers))
+    if areas:
+        keep = np.zeros(len(centers), dtype=bool)
+        for x, y, radius in areas:
+            keep |= (centers[:, 0] - x) ** 2 + (centers[:, 1] - y) ** 2 <= (radius + 20.0) ** 2
+        ids = np.flatnonzero(keep)
+    columns = index.columns(ids) if hasattr(index, "columns") else None
+    if columns is None:
+        columns = encode_chip_columns(model, sampler, centers[ids], settings.device)
+    return ChipTable(centers[ids], torch.as_tensor(columns).float(), index.frame, sampler, Path(map_path).name)

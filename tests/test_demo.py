@@ -1,0 +1,39 @@
+"""``crossview demo`` through the CLI entry point on a small town: every output is written and consistent."""
+
+from __future__ import annotations
+
+import json
+
+import geopandas
+import pytest
+import torch
+from PIL import Image
+
+from crossview.cli import main as cli_main
+from crossview.demo import format_summary
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_demo_writes_results_figure_and_summary(tmp_path, capsys):
+    out = tmp_path / "demo-out"
+    argv = ["demo", "--out", str(out), "--size-m", "60", "--panoramas", "3", "--workers", "0"]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert format_summary(summary) in printed
+    assert summary["all"]["images"] == 6 and summary["panorama"]["images"] == 3
+    assert summary["all"]["located"] == 6 and summary["failed"] == 0
+    # Every pose lies within its prior: 100 m around a point at most 50 m from the truth.
+    assert summary["all"]["p90_position_error_m"] <= 150.0
+    frame = geopandas.read_file(out / "results.geojson")
+    assert (frame["kind"] == "pose").sum() == 6 and frame.crs.to_epsg() == 4326
+    with Image.open(out / "figure.png") as figure:
+        assert figure.width >= 400 and figure.height >= 300
+    assert (out / "area.idx").is_file()

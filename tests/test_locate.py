@@ -1,0 +1,158 @@
+"""``crossview locate`` through the CLI on a small synthetic town with the shipped model: outputs, bad files,
+interruption and resume, CSV, early failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import geopandas
+import numpy as np
+import pytest
+import torch
+from locate_fixtures import make_town, write_priors
+from test_imagemeta import png_with_header_size
+
+from crossview.accuracy import pose_errors, summarize
+from crossview.cli import main as cli_main
+from crossview.export import read_jsonl, read_results
+from crossview.locate import run_state_path, sidecar_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: tests run two at a time on two cores, and oversubscribed OpenMP regions stall."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def town(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("locate")
+    folder = make_town(root / "world")
+    write_priors(folder, root / "priors.csv")
+    return folder
+
+
+def _locate(town: Path, out: Path, *inputs: str | Path, extra: tuple[str, ...] = ()) -> int:
+    priors = town.parent.parent / "priors.csv"
+    argv = ["locate", *map(str, inputs), "--map", str(town / "map.tif"), "--priors", str(priors)]
+    return cli_main([*argv, "--out", str(out), "--workers", "0", "--top-k", "3", *extra])
+
+
+def test_locate_writes_geojson_that_gdal_reads(town, tmp_path, capsys):
+    out = tmp_path / "results.geojson"
+    assert _locate(town, out, town / "panorama", town / "pinhole", extra=("--ellipses",)) == 0
+    assert "8 located, 0 failed of 8 images" in capsys.readouterr().err
+    frame = geopandas.read_file(out)
+    assert frame.crs.to_epsg() == 4326
+    poses = frame[frame["kind"] == "pose"]
+    assert len(poses) == 8 and set(poses["status"]) == {"ok"}
+    assert set(frame["kind"]) == {"pose", "ellipse", "heading"}
+    results, meta = read_results(out)
+    assert meta["model"] == "synth-v1" and meta["settings"]["top_k"] == 3
+    assert [r.camera.model for r in results] == ["panorama"] * 4 + ["pinhole"] * 4
+    assert all(r.prior.source == "cli" and r.prior.radius_m == 30.0 for r in results)
+    errors = pose_errors(results, town / "poses.csv")
+    summary = summarize(errors)
+    # Every pose lies inside its prior disc (30 m around a position 10 m from the truth).
+    assert np.nanmax([e.position_m for e in errors]) < 40.0, summary
+    assert all(np.isfinite(r.position_std_m) and 0 <= r.heading_deg < 360 for r in results)
+    assert sidecar_path(out).is_file() and len(read_jsonl(sidecar_path(out))) == 8
+
+
+def test_bad_files_are_recorded_and_the_run_goes_on(town, tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    first, second = sorted((town / "panorama").iterdir())[:2]
+    good = shutil.copy(first, folder / first.name)  # named as in the priors file, like the truncated one
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.png").write_text("not an image")
+    (folder / second.name).write_bytes(Path(good).read_bytes()[:2000])  # a readable header: it has a prior
+    png_with_header_size(folder / "bomb.png", 40_000, 40_000)
+    out = tmp_path / "mixed.geojson"
+    assert _locate(town, out, folder) == 0
+    results, _ = read_results(out)
+    by_name = {Path(r.image).name: r for r in results}
+    assert [Path(r.image).name for r in results] == sorted(by_name)  # input order: the sorted folder
+    assert by_name[first.name].status == "ok"
+    for name, reason in [("empty.jpg", "empty"), ("text.png", "not"), (second.name, "truncated"),
+                         ("bomb.png", "too large")]:  # fmt: skip
+        assert by_name[name].status == "failed" and reason in by_name[name].error.lower(), by_name[name].error
+    assert "1 located, 4 failed" in capsys.readouterr().err
+    assert _locate(town, tmp_path / "strict.geojson", folder, extra=("--strict",)) == 1
+
+
+def test_csv_output_matches_the_geojson(town, tmp_path):
+    images = sorted((town / "panorama").iterdir())[:2]
+    assert _locate(town, tmp_path / "a.geojson", *images) == 0
+    assert _locate(town, tmp_path / "a.csv", *images) == 0
+    from_geojson, _ = read_results(tmp_path / "a.geojson")
+    from_csv, _ = read_results(tmp_path / "a.csv")
+    assert [r.to_dict() for r in from_csv] == [r.to_dict() for r in from_geojson]
+
+
+def test_unusable_inputs_fail_before_any_image(town, tmp_path, capsys):
+    out = tmp_path / "never.geojson"
+    image = next((town / "panorama").iterdir())
+    broken_map = tmp_path / "broken.tif"
+    broken_map.write_bytes(b"II*\x00garbage")
+    cases = [
+        (["--map", str(broken_map)], "broken.tif"),
+        (["--map", str(town / "map.tif"), "--model", str(tmp_path / "missing.pt")], "missing.pt"),
+        (["--map", str(town / "map.tif"), "--priors", str(tmp_path / "nope.csv")], "nope.csv"),
+        (["--map", str(town / "map.tif"), "--top-k", "0"], "--top-k"),
+    ]
+    for options, named in cases:
+        code = cli_main(["locate", str(image), "--out", str(out), "--workers", "0", *options])
+        err = capsys.readouterr().err
+        assert code in (1, 2) and named in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists() and not sidecar_path(out).exists()
+    assert cli_main(["locate", str(tmp_path / "nothing"), "--map", str(town / "map.tif"), "--out", str(out)]) == 1
+    assert "nothing: no such file or folder" in capsys.readouterr().err
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def test_interrupted_run_resumes_to_the_same_file(town, tmp_path, capsys):
+    inputs = [str(town / "panorama"), str(town / "pinhole")]
+    priors = str(town.parent.parent / "priors.csv")
+    common = ["--map", str(town / "map.tif"), "--priors", priors, "--workers", "0", "--top-k", "2"]
+    out = tmp_path / "run.geojson"
+    argv = [sys.executable, "-m", "crossview", "locate", *inputs, "--out", str(out), *common, "--batch-size", "1"]
+    process = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sidecar = sidecar_path(out)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if sidecar.is_file() and len(read_jsonl(sidecar)) >= 2:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()[1].decode()[-2000:]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 130
+    partial, _ = read_results(out)  # written on SIGTERM with the images done so far
+    assert 2 <= len(partial) < 8
+    assert subprocess.run([*argv, "--resume"], env=_env(), capture_output=True, timeout=600).returncode == 0
+    resumed, meta = read_results(out)
+    assert sorted(r.image for r in resumed) == sorted({r.image for r in resumed}) and len(resumed) == 8
+    assert len(read_jsonl(sidecar)) == 8  # every image exactly once
+    fresh = tmp_path / "fresh.geojson"
+    assert _locate(town, fresh, *inputs, extra=("--top-k", "2", "--batch-size", "1")) == 0
+    uninterrupted, _ = read_results(fresh)
+    assert [r.to_dict() for r in resumed] == [r.to_dict() for r in uninterrupted]
+    state = json.loads(run_state_path(out).read_text())
+    assert meta["time"] == state["time"]  # the first run's start time is kept
+    assert cli_main([*argv[3:], "--resume", "--top-k", "4"]) == 2  # a resume with other settings is refused
+    assert "other settings (top_k)" in capsys.readouterr().err
