@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.crossview-installed
 
-.PHONY: install test lint clean
+.PHONY: install demo test lint clean
 
 # Idempotent: the venv is created once; the editable install is redone only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The whole pipeline offline on a synthetic town with the shipped model (demo-out/: results, figure, summary).
+demo: install
+	$(BIN)/crossview demo --out demo-out
 
 test: install
 	$(BIN)/python -m pytest -n 2
