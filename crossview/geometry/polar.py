@@ -84,7 +84,13 @@ def _positive_int(function: str, name: str, value: object) -> int:
 
 @functools.lru_cache(maxsize=32)
 def _cached_grid(size_px: int, height: int, width: int, device: str, dtype: torch.dtype) -> Tensor:
-    # Built in float64 on the CPU so every device and dtype gets the same correctly rounded grid.
+    # Built in float64 on the CPU so every device and dtype gets the same correctly rounded grid; outside
+    # inference mode, so that a grid first built under torch.inference_mode() can later serve autograd too.
+    with torch.inference_mode(False):
+        return _build_grid(size_px, height, width).to(device=device, dtype=dtype)
+
+
+def _build_grid(size_px: int, height: int, width: int) -> Tensor:
     half = size_px / 2.0
     i = torch.arange(height, dtype=torch.float64)
     j = torch.arange(width, dtype=torch.float64)
@@ -93,7 +99,7 @@ def _cached_grid(size_px: int, height: int, width: int, device: str, dtype: torc
     row = half + r_px[:, None] * torch.cos(theta_rad)[None, :]
     col = half - r_px[:, None] * torch.sin(theta_rad)[None, :]
     grid = torch.stack((2.0 * (col + 0.5) / size_px - 1.0, 2.0 * (row + 0.5) / size_px - 1.0), dim=-1)
-    return grid.unsqueeze(0).to(device=device, dtype=dtype)
+    return grid.unsqueeze(0)
 
 
 def polar_transform(

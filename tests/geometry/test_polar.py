@@ -349,3 +349,12 @@ def test_bad_sizes_and_headings_raise() -> None:
         align_panorama_to_north(torch.zeros(1, 1, 4, 8), float("nan"))
     with pytest.raises(ValueError, match=r"heading_deg must be a number or have shape \(2,\)"):
         align_panorama_to_north(torch.zeros(2, 1, 4, 8), torch.zeros(3))
+
+
+def test_grid_cached_under_inference_mode_serves_autograd_later():
+    """A grid first built inside torch.inference_mode() (locate) must not break a later training step."""
+    with torch.inference_mode():
+        polar_transform(torch.rand(1, 3, 24, 24), 7, 13)
+    chips = torch.rand(1, 3, 24, 24, requires_grad=True)
+    polar_transform(chips, 7, 13).sum().backward()
+    assert chips.grad is not None and chips.grad.abs().sum() > 0
