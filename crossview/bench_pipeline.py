@@ -23,7 +23,7 @@ import torch
 
 from crossview.bench import BenchConfig, batch_figures, time_call
 
-MODEL = "synth-v1"
+MODEL = "synth-v2"
 
 
 def bench_encoder(config: BenchConfig) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def bench_encoder(config: BenchConfig) -> dict[str, Any]:
 
 
 def bench_locate(config: BenchConfig) -> dict[str, Any]:
-    """End to end: a synthetic town (300 m square with its map margin, about 0.5 km^2; quick: 100 m), its index,
+    """End to end: a synthetic town (300 m square with its map margin, about 0.2 km^2; quick: 100 m), its index,
     then ``crossview locate`` on its panoramas and pinhole views with 100 m priors."""
     from crossview.data.synth import generate_world
     from crossview.demo import write_demo_priors

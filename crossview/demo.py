@@ -55,7 +55,7 @@ def write_demo_priors(poses_csv: Path, out: Path, *, seed: int) -> Path:
 def run_demo(
     out: Path,
     *,
-    model: str = "synth-v1",
+    model: str = "synth-v2",
     seed: int = DEMO_SEED,
     size_m: float = 150.0,
     panoramas: int = 12,
@@ -159,7 +159,7 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
-    parser.add_argument("--model", default="synth-v1", help="model name or checkpoint (default synth-v1)")
+    parser.add_argument("--model", default="synth-v2", help="model name or checkpoint (default synth-v2)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help=f"town seed (default {DEMO_SEED})")
     parser.add_argument("--size-m", dest="size_m", type=float, default=150.0, help="town size, m (default 150)")
     parser.add_argument("--panoramas", type=int, default=12, help="panoramas (default 12, each with a pinhole view)")

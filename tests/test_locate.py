@@ -60,7 +60,7 @@ def test_locate_writes_geojson_that_gdal_reads(town, tmp_path, capsys):
     assert len(poses) == 8 and set(poses["status"]) == {"ok"}
     assert set(frame["kind"]) == {"pose", "ellipse", "heading"}
     results, meta = read_results(out)
-    assert meta["model"] == "synth-v1" and meta["settings"]["top_k"] == 3
+    assert meta["model"] == "synth-v2" and meta["settings"]["top_k"] == 3
     assert [r.camera.model for r in results] == ["panorama"] * 4 + ["pinhole"] * 4
     assert all(r.prior.source == "cli" and r.prior.radius_m == 30.0 for r in results)
     errors = pose_errors(results, town / "poses.csv")
