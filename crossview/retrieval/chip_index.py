@@ -409,7 +409,9 @@ class ChipIndex:
             ids[free], scores[free] = self._search_faiss(queries[free], int(k))
         return self._result(ids, scores)
 
-    def _search_faiss(self, queries: np.ndarray, k: int, candidates: np.ndarray | None = None) -> tuple:
+    def _search_faiss(
+        self, queries: np.ndarray, k: int, candidates: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         available = len(self) if candidates is None else len(candidates)
         k_asked = min(k, available)
         ids = np.full((len(queries), k), -1, dtype=np.int64)

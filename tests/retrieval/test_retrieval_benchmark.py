@@ -67,14 +67,14 @@ def test_bench_index_query_reports_latency_recall_and_memory():
     variants = figures["variants"]
     assert figures["unit"] == "queries" and figures["settings"]["sizes"] == [3000]
     assert variants["flat_3000"]["recall@10"] == 1.0 and variants["flat_3000"]["nearest_in_top10"] == 1.0
-    assert variants["hnsw_ef256_3000"]["recall@10"] >= 0.95
+    assert variants["hnsw_ef1024_3000"]["recall@10"] >= 0.95
     ivf = [v for name, v in variants.items() if name.startswith("ivf_")]
     assert len(ivf) == 3 and ivf[0]["recall@10"] <= ivf[-1]["recall@10"]
     for values in variants.values():
         assert values["ms_per_query"] > 0 and values["per_s"] > 0 and values["batch"] == 32
     flat_mb = variants["flat_3000"]["memory_mb"]
     assert flat_mb == pytest.approx(3000 * 512 * 4 / 1e6, rel=0.01)  # float32 vectors
-    assert variants["hnsw_ef64_3000"]["memory_mb"] > flat_mb  # plus the graph
+    assert variants["hnsw_ef128_3000"]["memory_mb"] > flat_mb  # plus the graph
     assert "flat_prior100m_3000" in variants
 
 
