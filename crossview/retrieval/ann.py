@@ -8,14 +8,14 @@ Choosing the type (``auto``): flat up to ``AUTO_FLAT_MAX_CHIPS`` = 50,000 chips,
 2-core reference machine (faiss 1.15 CPU, 512-d ``spatial_descriptors``, one query at a time on one thread,
 median of 3 x 32 queries): an exact flat search takes 0.68 ms over 1e4 chips, 2.1 ms over 2e4, 5.5 ms over 5e4,
 11.9 ms over 1e5 and 22.7 ms over 2e5 (about 0.11 us a chip: it streams 2 KB a chip from memory). At 5e4 chips
-(5 km^2 at the default 10 m stride) it uses half of a 10 ms budget; above, HNSW answers in 1-4 ms. Building HNSW
-over 5e4 chips takes about 30 s, little next to encoding them (about 30 chips/s with synth-v1 on the same cores,
-28 minutes).
+(5 km^2 at the default 10 m stride) it uses half of a 10 ms budget; above, HNSW answers in 1-5 ms. Building HNSW
+over 5e4 chips takes about 25 s (48 s for 1e5), little next to encoding them (about 100 chips/s with synth-v1 on
+the same cores: 8 minutes).
 
 HNSW beats IVF on these descriptors: they vary smoothly with position (neighbouring chips overlap), so k-means
 cells cut through neighbourhoods and IVF needs many probes (1e5 chips, 256 lists: recall@10 0.62 with 8 probes,
-0.87 with 32), where HNSW reaches 0.95-0.97 at ``efSearch`` 128-256. See ``crossview.retrieval.benchmark`` for
-the figures at 1e4-1e6 chips.
+0.87 with 32), where HNSW (M 64) reaches 0.97-0.98 at ``efSearch`` 128-256 in 1-2 ms. See
+``crossview.retrieval.benchmark`` for the figures at 1e4-1e6 chips.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ doubled the build time at 1e6 chips for no gain in recall)."""
 
 HNSW_EF_SEARCH = 1024
 """Search-time beam of HNSW: at 1e6 chips recall@10 0.95 in about 12 ms a query on one core (768: 0.93 in 9 ms);
-at 1e5 chips recall@10 0.99 in 4 ms."""
+at 1e5 chips 0.995 in 5 ms."""
 
 IVF_TRAIN_POINTS_PER_LIST = 64
 """k-means of IVF trains on at most this many chips per list (a random, seeded sample)."""

@@ -10,6 +10,12 @@ mean similarity 0.54 for chips 5 m apart, 0.50 at 10 m, 0.38 at 11-20 m, 0.25 at
 per-dimension scales ``i^-1/2`` (i = 1..D), a shared mean direction, and half of the variance from two
 smooth random fields over the map (bilinear interpolation of Gaussian vectors on 25 m and 80 m grids), half
 independent per chip. Queries are descriptors of random off-lattice positions from the same fields.
+
+Such descriptors make large indexes hard for approximate search, as a weak model's would: at 1e6 chips the
+exact top-1, top-10 and top-100 similarities of a query average 0.64, 0.57 and 0.53 (near ties), and only a
+third of its exact top 10 lie within 30 m of its position (the rest are look-alikes kilometres away).
+Recall figures: ``recall@10`` is the overlap of the 10 chips found with the exact top 10, ``nearest_in_top10``
+the fraction of queries whose exact best chip is among them.
 """
 
 from __future__ import annotations
