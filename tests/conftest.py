@@ -36,3 +36,19 @@ def realdata() -> Path:
     if not REALDATA.is_dir():
         pytest.skip(f"real data absent: {REALDATA} not found (only present beside the project's own checkout)")
     return REALDATA
+
+
+@pytest.fixture
+def single_torch_thread():
+    """One torch thread for the test, restored afterwards; modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("single_torch_thread")``.
+
+    The suite runs two test processes on two cores: with two OpenMP threads each, the cores are oversubscribed and
+    every parallel region stalls (a ``tril`` of 32 3x3 matrices took 16 ms with 2 threads under load, 3 us with 1;
+    the refiner tests 88 s instead of 13 s). Small tensors gain nothing from a second thread, and no result depends
+    on the thread count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

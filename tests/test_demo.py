@@ -6,19 +6,12 @@ import json
 
 import geopandas
 import pytest
-import torch
 from PIL import Image
 
 from crossview.cli import main as cli_main
 from crossview.demo import format_summary
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def test_demo_writes_results_figure_and_summary(tmp_path, capsys):

@@ -15,7 +15,6 @@ from pathlib import Path
 import geopandas
 import numpy as np
 import pytest
-import torch
 from locate_fixtures import make_town, write_priors
 from test_imagemeta import png_with_header_size
 
@@ -24,16 +23,9 @@ from crossview.cli import main as cli_main
 from crossview.export import read_jsonl, read_results
 from crossview.locate import run_state_path, sidecar_path
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: tests run two at a time on two cores, and oversubscribed OpenMP regions stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

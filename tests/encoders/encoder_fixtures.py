@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -22,16 +21,6 @@ EXPECTED_CHANNELS = {
 }
 
 TINY = {"pano_height": 64, "pano_width": 256, "polar_height": 64, "polar_width": 256}
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run encoder tests on one thread (restored afterwards): their tensors are tiny, and on a busy 2-core
-    machine two OpenMP threads per process spend more time waiting for each other than computing."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny_model(name: str = "safa-resnet18-lite", *, shared: bool = False, seed: int = 0, **overrides) -> CrossViewModel:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from encoder_fixtures import single_thread  # noqa: F401  (autouse fixture)
 from torch import nn
 
 from crossview.encoders.backbones import STRIDE, build_backbone
 from crossview.encoders.circular import WrapConv2d, WrapMaxPool2d, circular_width, convert_to_wrap_padding
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def test_wrap_conv_equals_plain_conv_outside_the_circular_context() -> None:

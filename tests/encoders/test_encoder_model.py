@@ -10,13 +10,14 @@ from encoder_fixtures import (
     EXPECTED_CHANNELS,
     blob_chip,
     render_panorama_from_chip,
-    single_thread,  # noqa: F401  (autouse fixture)
     tiny_model,
 )
 
 from crossview.encoders import AerialEncoding, GroundEncoding, ModelInputError, list_models
 from crossview.encoders.aggregation import SpatialAwareAggregation
 from crossview.errors import CameraError, CrossviewError
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 # The smallest sizes every model accepts: 2 x 8 feature cells for the SAFA heads, 8 azimuth columns.
 MINIMAL = {"pano_height": 32, "pano_width": 128, "polar_height": 32, "polar_width": 128}

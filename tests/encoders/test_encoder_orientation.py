@@ -13,7 +13,6 @@ from encoder_fixtures import (
     circular_angle_diff_deg,
     render_panorama_from_chip,
     render_pinhole_from_panorama,
-    single_thread,  # noqa: F401  (autouse fixture)
     tiny_model,
 )
 from hypothesis import given, settings
@@ -22,6 +21,8 @@ from hypothesis import strategies as st
 from crossview.encoders import AerialEncoding, GroundEncoding
 from crossview.encoders.orientation import canvas_mask, orientation_scores, place_on_canvas, window_width
 from crossview.geometry.polar import polar_column_azimuth_deg, polar_transform
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 # --- the correlation itself ----------------------------------------------------------------------------------
 

@@ -11,13 +11,14 @@ import torch
 import torchvision
 from encoder_fixtures import (
     TINY,
-    single_thread,  # noqa: F401  (autouse fixture)
     tiny_model,
 )
 
 from crossview.encoders import CrossViewModel, get_model, list_models, modalities, model_config, model_from_config
 from crossview.encoders.modalities import MapInput
 from crossview.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 REQUIRED_NAMES = {
     "safa-resnet18",

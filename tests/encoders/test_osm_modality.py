@@ -11,7 +11,6 @@ import pytest
 import shapely
 import torch
 from affine import Affine
-from encoder_fixtures import single_thread  # noqa: F401  (autouse fixture)
 
 from crossview.encoders import (
     MapModalityError,
@@ -28,6 +27,8 @@ from crossview.encoders.osm_input import OsmClassInput
 from crossview.errors import ConfigError, CrossviewError
 from crossview.maps.osm import BAND_NAMES, CLASS_NAMES, rasterize_osm
 from crossview.maps.raster import GeoRaster
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 OSM_MODEL = "safa-resnet18-lite-osm"
 TINY = {"aerial_size": 64, "pano_height": 32, "pano_width": 128, "polar_height": 32, "polar_width": 128}

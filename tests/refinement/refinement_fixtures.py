@@ -13,26 +13,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import pytest
 import torch
 from torch import Tensor
 
 F64 = torch.float64
 CAMERA_HEIGHT_M = 1.6
-
-
-@pytest.fixture(autouse=True)
-def single_threaded_torch():
-    """Run a test with one intra-op thread, then restore the setting.
-
-    The refiner's tensors are small, and on an oversubscribed machine every OpenMP parallel region stalls: measured
-    on the 2-core build machine under load 8, a ``tril`` of 32 3x3 matrices took 16 ms with 2 threads and 3 us
-    with 1, and these tests took 88 s instead of 13 s. Results do not depend on the thread count.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from refinement_fixtures import single_threaded_torch  # noqa: F401 (an autouse fixture)
 
 from crossview.bench import BenchConfig
 from crossview.refinement import benchmark
 from crossview.refinement.benchmark import BENCH_SIZES, bench_refiner
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def time_once(fn, config):

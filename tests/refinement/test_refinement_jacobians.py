@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from refinement_fixtures import CAMERA_HEIGHT_M, make_scene, single_threaded_torch  # noqa: F401 (autouse)
+from refinement_fixtures import CAMERA_HEIGHT_M, make_scene
 
 from crossview.geometry.cameras import PanoramaCamera, PinholeCamera, pixel_centers
 from crossview.geometry.ground import MapChip
@@ -24,6 +24,8 @@ from crossview.refinement.residuals import (
     normal_equations,
     points_to_chip,
 )
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 F64 = torch.float64
 EXTENT_M = 12.8

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from refinement_fixtures import (  # noqa: F401  (single_threaded_torch: an autouse fixture)
+from refinement_fixtures import (
     CAMERA_HEIGHT_M,
     make_scene,
     replace_with_outliers,
-    single_threaded_torch,
     stack_scenes,
 )
 
@@ -21,6 +20,8 @@ from crossview.geometry.cameras import PanoramaCamera, PinholeCamera
 from crossview.geometry.ground import MapChip, level_to_camera_rotation
 from crossview.geometry.pose import Pose2
 from crossview.refinement import RefinementError, RefinerConfig, refine_candidates
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 F64 = torch.float64
 EXTENT_M = 12.8  # finest level: 64 cells of 0.2 m

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from refinement_fixtures import single_threaded_torch  # noqa: F401 (an autouse fixture)
 
 from crossview.refinement.solver import ROBUST_LOSSES, damped_step, robust_loss
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 F64 = torch.float64
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from retrieval_fixtures import tiny_model
 
 from crossview.bench import BenchConfig
@@ -22,14 +21,7 @@ from crossview.retrieval.benchmark import (
     square_lattice,
 )
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One torch thread: tiny tensors, and two threads wait on each other on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def test_spatial_descriptors_resemble_real_chip_descriptors():

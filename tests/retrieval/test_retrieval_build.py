@@ -24,15 +24,9 @@ from crossview.retrieval import (
 )
 from crossview.retrieval.chips import MIN_VALID_FRACTION, ChipSampler, vigor_tile_extent_m
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 STRIDE_M = 16.0
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
