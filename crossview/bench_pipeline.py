@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import resource
 import subprocess
@@ -60,7 +59,7 @@ def bench_locate(config: BenchConfig) -> dict[str, Any]:
     """End to end: a synthetic town (300 m square with its map margin, about 0.2 km^2; quick: 100 m), its index,
     then ``crossview locate`` on its panoramas and pinhole views with 100 m priors."""
     from crossview.data.synth import generate_world
-    from crossview.demo import write_demo_priors
+    from crossview.demo import write_noisy_priors
     from crossview.retrieval import build_index
 
     size_m, panoramas = (100.0, 8) if config.quick else (300.0, 40)
@@ -81,7 +80,7 @@ def bench_locate(config: BenchConfig) -> dict[str, Any]:
         index = build_index(town / "map.tif", MODEL, device=config.device, progress=False)
         index_s = time.perf_counter() - started
         index.save(root / "area.idx")
-        priors = write_demo_priors(town / "poses.csv", root / "priors.csv", seed=1)
+        priors = write_noisy_priors(town / "poses.csv", root / "priors.csv", seed=1)
         argv = [
             sys.executable, "-m", "crossview", "locate", str(town / "panorama"), str(town / "pinhole"),
             "--index", str(root / "area.idx"), "--priors", str(priors), "--out", str(root / "r.geojson"),
@@ -110,10 +109,13 @@ def bench_locate(config: BenchConfig) -> dict[str, Any]:
 
 
 def _map_area_km2(path: Path) -> float:
-    from crossview.geometry.webmercator import meters_per_pixel
-    from crossview.maps.raster import GeoRaster
+    """Ground area of a synthetic map (Web Mercator at zoom 20), from its header only."""
+    import rasterio
+    import rasterio.warp
 
-    raster = GeoRaster.read(path)
-    _, south, _, north = raster.bounds("EPSG:4326")
-    mpp = meters_per_pixel(lat=(south + north) / 2, zoom=20)
-    return raster.width * raster.height * mpp**2 / 1e6 if math.isfinite(mpp) else math.nan
+    from crossview.geometry.webmercator import meters_per_pixel
+
+    with rasterio.open(path) as src:
+        _, south, _, north = rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+        mpp = meters_per_pixel(lat=(south + north) / 2, zoom=20)
+        return src.width * src.height * mpp**2 / 1e6

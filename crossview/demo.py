@@ -32,9 +32,17 @@ PRIOR_OFFSET_M = 50.0
 WITHIN_M = 5.0
 
 
-def write_demo_priors(poses_csv: Path, out: Path, *, seed: int) -> Path:
-    """Priors for every image of ``poses_csv``: the truth moved by a uniform random offset in a disc of
-    :data:`PRIOR_OFFSET_M`, radius :data:`PRIOR_RADIUS_M`, with the true camera height."""
+def write_noisy_priors(
+    poses_csv: Path,
+    out: Path,
+    *,
+    seed: int,
+    max_offset_m: float = PRIOR_OFFSET_M,
+    radius_m: float = PRIOR_RADIUS_M,
+) -> Path:
+    """A ``--priors`` CSV for every image of ``poses_csv``, like a phone's GPS: the truth moved by a uniform random
+    offset in a disc of ``max_offset_m``, searched within ``radius_m``, with the true camera height (a rig's
+    height is known)."""
     rng = random.Random(seed)
     with poses_csv.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -43,12 +51,10 @@ def write_demo_priors(poses_csv: Path, out: Path, *, seed: int) -> Path:
         writer.writerow(["image", "lat", "lon", "radius_m", "camera_height_m"])
         for row in rows:
             lat, lon = float(row["lat"]), float(row["lon"])
-            distance, angle = PRIOR_OFFSET_M * math.sqrt(rng.random()), rng.uniform(0.0, 2.0 * math.pi)
+            distance, angle = max_offset_m * math.sqrt(rng.random()), rng.uniform(0.0, 2.0 * math.pi)
             dlat = distance * math.cos(angle) / 111_320.0
             dlon = distance * math.sin(angle) / (111_320.0 * math.cos(math.radians(lat)))
-            writer.writerow(
-                [row["image"], f"{lat + dlat:.8f}", f"{lon + dlon:.8f}", PRIOR_RADIUS_M, row["camera_height_m"]]
-            )
+            writer.writerow([row["image"], f"{lat + dlat:.8f}", f"{lon + dlon:.8f}", radius_m, row["camera_height_m"]])
     return out
 
 
@@ -91,7 +97,7 @@ def run_demo(
     log(f"2/5 index of {town / 'map.tif'} with model {model}")
     index = build_index(town / "map.tif", model, progress=False)
     index.save(out / "area.idx")
-    priors = write_demo_priors(town / "poses.csv", out / "priors.csv", seed=seed)
+    priors = write_noisy_priors(town / "poses.csv", out / "priors.csv", seed=seed)
     log(
         f"3/5 locate {panoramas * (1 + pinholes)} images "
         f"(priors: {PRIOR_OFFSET_M:g} m off, radius {PRIOR_RADIUS_M:g} m)"

@@ -36,9 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from crossview.errors import ConfigError, CrossviewError
+from crossview.encoders import check_map_modality
+from crossview.errors import CrossviewError
 from crossview.export.records import CameraInfo, ImageResult, Prior, pose_uncertainty
 from crossview.geometry.frames import LocalFrame
+from crossview.locate import LocateError
 
 HEADING_PRIOR_TOLERANCE_DEG = 45.0
 COST_SCALE = 0.05
@@ -46,10 +48,6 @@ DEFAULT_CAMERA_HEIGHT_M = 2.0
 PINHOLE_HEIGHT_PX = 128
 """Pinhole views are resized to this height (aspect kept) before encoding."""
 CHIP_BATCH = 64
-
-
-class LocalizeError(CrossviewError, ValueError):
-    """Localization cannot start (no chip in the map, a priors file that cannot be used, ...)."""
 
 
 # ---- per-image priors from a CSV ---------------------------------------------------------------------------
@@ -69,22 +67,22 @@ def read_priors_csv(path: str | os.PathLike[str], default_radius_m: float) -> di
     Image paths are matched as given on the command line, relative to the CSV's folder, or by file name.
 
     Raises:
-        LocalizeError: missing file or columns, or a bad value (message names the file and line).
+        LocateError: missing file or columns, or a bad value (message names the file and line).
     """
     path = Path(path)
     if not path.is_file():
-        raise LocalizeError(f"--priors {path}: file not found")
+        raise LocateError(f"--priors {path}: file not found")
     table: dict[str, CsvPrior] = {}
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         missing = {"image", "lat", "lon"} - set(reader.fieldnames or [])
         if missing:
-            raise LocalizeError(f"--priors {path}: missing column(s) {', '.join(sorted(missing))}")
+            raise LocateError(f"--priors {path}: missing column(s) {', '.join(sorted(missing))}")
         for line, row in enumerate(reader, start=2):
             try:
                 entry = _csv_prior(row, default_radius_m)
             except (ValueError, CrossviewError) as error:
-                raise LocalizeError(f"--priors {path}:{line}: {error}") from None
+                raise LocateError(f"--priors {path}:{line}: {error}") from None
             image = row["image"]
             for key in (image, str(path.parent / image), Path(image).name):
                 table.setdefault(key, entry)
@@ -152,14 +150,14 @@ def chip_table_from_map(
     *,
     map_name: str,
     stride_m: float | None,
-    areas_xy: Sequence[tuple[float, float, float]] | None,
+    priors: Sequence[Prior | None],
     device: str,
 ) -> ChipTable:
-    """Chips of a map on the index lattice, only inside ``areas_xy`` discs (x, y, radius in the lattice frame)
-    when given, with their column features.
+    """Chips of a map on the index lattice, only inside the images' prior discs when every image has one (the
+    whole map otherwise), with their column features.
 
     Raises:
-        LocalizeError: no valid chip in the map (or in the areas).
+        LocateError: no valid chip in the map (or in the areas).
     """
     from crossview.retrieval.chips import DEFAULT_STRIDE_M, ChipSampler, chip_geometry_for_model
 
@@ -167,13 +165,9 @@ def chip_table_from_map(
     sampler = ChipSampler(raster, geometry)
     stride = stride_m or DEFAULT_STRIDE_M
     centers = sampler.lattice(stride)
-    if areas_xy:
-        keep = np.zeros(len(centers), dtype=bool)
-        for x, y, radius in areas_xy:
-            keep |= (centers[:, 0] - x) ** 2 + (centers[:, 1] - y) ** 2 <= (radius + stride) ** 2
-        centers = centers[keep]
+    centers = centers[in_prior_discs(centers, geometry.frame, priors, margin_m=stride)]
     if len(centers) == 0:
-        raise LocalizeError(f"map {map_name}: no valid {geometry.extent_m:.0f} m chip where the images may be")
+        raise LocateError(f"map {map_name}: no valid {geometry.extent_m:.0f} m chip where the images may be")
     columns = encode_chip_columns(model, sampler, centers, device)
     return ChipTable(centers, columns, geometry.frame, sampler, map_name)
 
@@ -216,24 +210,28 @@ class ChunkDataset(torch.utils.data.Dataset):
         return [decode_one(image, self.settings) for image in self.chunks[index]]
 
 
+def _prior_for(image: str, metadata: Any, settings: DecodeSettings) -> Prior:
+    """The image's row of the priors file, else what its EXIF gives (``--no-exif-prior``: nothing)."""
+    from crossview.inputs import prior_from_metadata
+
+    row = lookup_prior(settings.priors, image)
+    if row is not None:
+        return row.prior
+    return prior_from_metadata(
+        metadata, prior_radius_m=settings.prior_radius_m, use_gps=settings.exif_prior, use_heading=settings.exif_prior
+    )
+
+
 def decode_one(image: str, settings: DecodeSettings) -> Decoded:
     """Decode, pick the camera and prior, resize for the model; any failure is recorded, never raised."""
-    from crossview.inputs import choose_camera, load_image, prior_from_metadata
+    from crossview.inputs import choose_camera, load_image
 
     try:
         rgb, metadata = load_image(image)
         row = lookup_prior(settings.priors, image)
         height = settings.camera_height_m or (row.camera_height_m if row else None) or DEFAULT_CAMERA_HEIGHT_M
         camera = choose_camera(metadata, camera=settings.camera, hfov_deg=settings.hfov_deg, height_m=height)
-        if row is not None:
-            prior = row.prior
-        else:
-            prior = prior_from_metadata(
-                metadata,
-                prior_radius_m=settings.prior_radius_m,
-                use_gps=settings.exif_prior,
-                use_heading=settings.exif_prior,
-            )
+        prior = _prior_for(image, metadata, settings)
         pixels = _model_pixels(rgb, camera, settings.pano_hw)
     except (CrossviewError, OSError, ValueError) as error:
         return Decoded(image, error=" ".join(str(error).split()))
@@ -273,13 +271,16 @@ class Localizer:
         *,
         model_name: str,
         top_k: int,
+        decode: DecodeSettings,
+        batch_size: int = 16,
+        workers: int = 0,
         device: str = "cpu",
         refiner_config: Any = None,
     ) -> None:
         from crossview.refinement import RefinerConfig
 
         self.model, self.table, self.model_name, self.top_k = model, table, model_name, int(top_k)
-        self.device = device
+        self.decode, self.batch_size, self.workers, self.device = decode, int(batch_size), int(workers), device
         self.refiner_config = refiner_config or RefinerConfig()
         self.map_name = table.map_name
         self.total_columns = model.azimuth_columns
@@ -452,84 +453,64 @@ class Localizer:
                     )
         return [results[i] for i in range(len(items))]
 
-    def run(
-        self, images: Sequence[str], *, skip: set[str], settings: DecodeSettings, batch_size: int, workers: int
-    ) -> Iterator[ImageResult]:
+    def run(self, images: Sequence[str], *, skip: set[str]) -> Iterator[ImageResult]:
         """Yield the record of every image not in ``skip``, chunk by chunk (chunks are fixed slices of
-        ``images``, so a resumed run processes the same batches)."""
-        chunks = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        ``images``, so a resumed run processes the same batches); images are decoded in ``workers`` processes."""
+        size = self.batch_size
+        chunks = [images[i : i + size] for i in range(0, len(images), size)]
         pending = [[image for image in chunk if image not in skip] for chunk in chunks]
         pending = [chunk for chunk in pending if chunk]
         loader = torch.utils.data.DataLoader(
-            ChunkDataset(pending, settings),
+            ChunkDataset(pending, self.decode),
             batch_size=None,
-            num_workers=workers,
+            num_workers=self.workers,
             persistent_workers=False,
-            multiprocessing_context="fork" if workers and os.name == "posix" else None,
+            multiprocessing_context="fork" if self.workers and os.name == "posix" else None,
         )
         for decoded in loader:
             yield from self.localize(decoded)
 
 
-def check_settings(top_k: int) -> None:
-    if top_k < 1:
-        raise ConfigError(f"--top-k {top_k}: must be at least 1")
-
-
 # ---- building a localizer from the command line's settings --------------------------------------------------
 
 
-class LocateJob:
-    """A localizer with its decoding settings: what ``crossview locate`` runs."""
-
-    def __init__(self, localizer: Localizer, decode: DecodeSettings, *, batch_size: int, workers: int) -> None:
-        self.localizer, self.decode = localizer, decode
-        self.batch_size, self.workers = batch_size, workers
-        self.model_name, self.map_name = localizer.model_name, localizer.map_name
-
-    def run(self, images: Sequence[str], *, skip: set[str]) -> Iterator[ImageResult]:
-        return self.localizer.run(
-            images, skip=skip, settings=self.decode, batch_size=self.batch_size, workers=self.workers
-        )
-
-
 def image_priors(images: Sequence[str], decode: DecodeSettings) -> list[Prior | None]:
-    """The prior of every image from its header (EXIF) or the priors table; None where none can be read."""
+    """The prior of every image from its header (EXIF) or the priors table; None where no header can be read.
+
+    Start-up reads every header once more than decoding will (a few kB each): the chips to prepare depend on
+    where all the images may be.
+    """
     from crossview.imagemeta import read_image_metadata
-    from crossview.inputs import prior_from_metadata
 
     priors: list[Prior | None] = []
     for image in images:
-        row = lookup_prior(decode.priors, image)
-        if row is not None:
-            priors.append(row.prior)
-            continue
         try:
-            metadata = read_image_metadata(image)
+            metadata = None if lookup_prior(decode.priors, image) else read_image_metadata(image)
         except CrossviewError:
             priors.append(None)  # the image fails later, with its reason
             continue
-        priors.append(
-            prior_from_metadata(
-                metadata, prior_radius_m=decode.prior_radius_m, use_gps=decode.exif_prior, use_heading=False
-            )
-        )
+        priors.append(_prior_for(image, metadata, decode))
     return priors
 
 
-def _areas_xy(frame: LocalFrame, priors: Sequence[Prior | None]) -> list[tuple[float, float, float]] | None:
-    """Prior discs in ``frame`` (None when some image has no position prior: the whole map is needed)."""
+def in_prior_discs(
+    centers_xy: np.ndarray, frame: LocalFrame, priors: Sequence[Prior | None], *, margin_m: float
+) -> np.ndarray:
+    """(N,) bool: the chip centres (in ``frame``) within ``margin_m`` of some image's prior disc; all True when an
+    image has no position prior (its search covers the whole map). Images whose header could not be read (None)
+    fail later and need no chips."""
     usable = [p for p in priors if p is not None]
+    keep = np.zeros(len(centers_xy), dtype=bool)
     if not usable or any(p.lat is None for p in usable):
-        return None
-    areas = []
-    for p in usable:
-        x, y = frame.to_xy(lat=p.lat, lon=p.lon)
-        areas.append((float(x), float(y), float(p.radius_m) * 1.001))
-    return areas
+        return ~keep
+    for prior in usable:
+        x, y = frame.to_xy(lat=prior.lat, lon=prior.lon)
+        reach_m = float(prior.radius_m) * 1.001 + margin_m  # 1.001: the UTM scale factor, at most
+        keep |= (centers_xy[:, 0] - x) ** 2 + (centers_xy[:, 1] - y) ** 2 <= reach_m**2
+    return keep
 
 
-def build_localizer(settings: Any, images: Sequence[str]) -> LocateJob:
+def build_localizer(settings: Any, images: Sequence[str]) -> Localizer:
     """Load the model and the map (``--index``, ``--map`` or ``--source``) for ``crossview locate``.
 
     Raises:
@@ -555,32 +536,20 @@ def build_localizer(settings: Any, images: Sequence[str]) -> LocateJob:
         table = _table_from_index(settings, model, checkpoint, priors)
     else:
         raster, map_name = _map_raster(settings, priors)
-        _check_modality(model, raster, map_name)
-        frame = _chip_frame(model, raster)
+        check_map_modality(model.config, raster, map_name=map_name)
         table = chip_table_from_map(
-            raster,
-            model,
-            map_name=map_name,
-            stride_m=settings.stride_m,
-            areas_xy=_areas_xy(frame, priors),
-            device=settings.device,
+            raster, model, map_name=map_name, stride_m=settings.stride_m, priors=priors, device=settings.device
         )
-    localizer = Localizer(model, table, model_name=model_name, top_k=settings.top_k, device=settings.device)
-    return LocateJob(localizer, decode, batch_size=settings.batch_size, workers=settings.workers)
-
-
-def _chip_frame(model: Any, raster: Any) -> LocalFrame:
-    from crossview.retrieval.chips import chip_geometry_for_model
-
-    return chip_geometry_for_model(model.config, raster).frame
-
-
-def _check_modality(model: Any, raster: Any, map_name: str) -> None:
-    try:
-        from crossview.encoders import check_map_modality
-    except ImportError:  # older encoders without modality checks
-        return
-    check_map_modality(model.config, raster, map_name=map_name)
+    return Localizer(
+        model,
+        table,
+        model_name=model_name,
+        top_k=settings.top_k,
+        decode=decode,
+        batch_size=settings.batch_size,
+        workers=settings.workers,
+        device=settings.device,
+    )
 
 
 def _map_raster(settings: Any, priors: Sequence[Prior | None]) -> tuple[Any, str]:
@@ -598,7 +567,7 @@ def _fetch_source(settings: Any, priors: Sequence[Prior | None]) -> Any:
     from crossview.geometry.bbox import BBox
 
     if not priors or any(p is None or p.lat is None for p in priors):
-        raise LocalizeError("--source needs a position prior for every image (EXIF GPS or --priors)")
+        raise LocateError("--source needs a position prior for every image (EXIF GPS or --priors)")
     margin_m = 100.0  # room for the chips around the edge of each prior disc
     boxes = [BBox.from_center(lat=p.lat, lon=p.lon, radius_m=float(p.radius_m) + margin_m) for p in priors]
     union = BBox(
@@ -617,19 +586,10 @@ def _table_from_index(settings: Any, model: Any, checkpoint: Any, priors: Sequen
     index = ChipIndex.load(settings.index, model_sha256=checkpoint.sha256)
     map_path = index.meta.get("map", {}).get("path")
     if not map_path or not Path(map_path).is_file():
-        raise LocalizeError(f"--index {settings.index}: its map {map_path} is not there (pass --map instead)")
+        raise LocateError(f"--index {settings.index}: its map {map_path} is not there (pass --map instead)")
     raster = GeoRaster.read(map_path)
-    _check_modality(model, raster, Path(map_path).name)
+    check_map_modality(model.config, raster, map_name=Path(map_path).name)
     sampler = index.chip_sampler(raster)
-    centers = index.centers_xy
-    areas = _areas_xy(index.frame, priors)
-    ids = np.arange(len(centers))
-    if areas:
-        keep = np.zeros(len(centers), dtype=bool)
-        for x, y, radius in areas:
-            keep |= (centers[:, 0] - x) ** 2 + (centers[:, 1] - y) ** 2 <= (radius + 20.0) ** 2
-        ids = np.flatnonzero(keep)
-    columns = index.columns(ids) if hasattr(index, "columns") else None
-    if columns is None:
-        columns = encode_chip_columns(model, sampler, centers[ids], settings.device)
-    return ChipTable(centers[ids], torch.as_tensor(columns).float(), index.frame, sampler, Path(map_path).name)
+    centers = index.centers_xy[in_prior_discs(index.centers_xy, index.frame, priors, margin_m=20.0)]
+    columns = encode_chip_columns(model, sampler, centers, settings.device)  # the index stores descriptors only
+    return ChipTable(centers, columns, index.frame, sampler, Path(map_path).name)

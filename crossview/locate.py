@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -116,22 +117,19 @@ def run_state_path(out: str | os.PathLike[str]) -> Path:
 
 def _start_run(settings: LocateSettings, *, resume: bool) -> dict[str, Any]:
     """Write (or, resuming, check) ``<out>.run.json``; returns the output's ``crossview`` metadata."""
-    import json
-
-    state_path, sidecar = run_state_path(settings.out), sidecar_path(settings.out)
+    state_path, recorded = run_state_path(settings.out), settings.recorded()
     if resume and state_path.is_file():
         state = json.loads(state_path.read_text(encoding="utf-8"))
-        if state.get("settings") != settings.recorded():
-            differing = sorted(
-                k for k in settings.recorded() if state.get("settings", {}).get(k) != settings.recorded()[k]
-            )
+        before = state.get("settings", {})
+        differing = sorted(key for key, value in recorded.items() if before.get(key) != value)
+        if differing:
             raise LocateError(f"--resume: {state_path} was written with other settings ({', '.join(differing)})")
         return state
-    sidecar.unlink(missing_ok=True)
+    sidecar_path(settings.out).unlink(missing_ok=True)
     state = {
         "version": __version__,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "settings": settings.recorded(),
+        "settings": recorded,
     }
     atomic_write_json(state_path, state)
     return state

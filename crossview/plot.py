@@ -17,7 +17,6 @@ Convention:
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import math
 import os
@@ -34,8 +33,9 @@ import pyproj
 
 from crossview.cli import Command
 from crossview.errors import ConfigError
+from crossview.export.csvfile import read_table
 from crossview.export.formats import read_results
-from crossview.export.records import ImageResult, ResultsError, ResultsReadError
+from crossview.export.records import ImageResult, ResultsError
 from crossview.export.shapes import DEFAULT_ELLIPSE_CONFIDENCE, confidence_scale, ellipse_ring_lonlat
 from crossview.fsio import atomic_write_bytes
 from crossview.geometry.frames import geodesic_distance_m
@@ -75,14 +75,9 @@ def read_truth(path: str | os.PathLike) -> list[TruthPose]:
         ResultsError: a required column is missing or a value is not a number in range.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ResultsReadError(f"cannot read truth {path}: {getattr(error, 'strerror', None) or error}") from None
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [column for column in ("image", "lat", "lon") if column not in (reader.fieldnames or [])]
-    if missing:
-        raise ResultsError(f"{path} is not a poses file: no column {', '.join(missing)}")
+    reader = read_table(
+        path, ("image", "lat", "lon"), what="truth", missing_message="{path} is not a poses file: no column {missing}"
+    )
     poses = []
     for row in reader:
         try:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import csv
-import math
-import random
 from pathlib import Path
 
 from crossview.data.synth import generate_world
+from crossview.demo import write_noisy_priors
 
 TOWN = "Quito"  # on the equator: the coarsest zoom-20 pixels, so the smallest map for a given area
 SIZE_M = 60.0
@@ -29,18 +27,5 @@ def make_town(root: Path, *, seed: int = 5, panoramas: int = 4, pinholes: int = 
 
 
 def write_priors(town: Path, out: Path, *, offset_m: float = 10.0, radius_m: float = 30.0, seed: int = 0) -> Path:
-    """A ``--priors`` CSV: each true position moved by ``offset_m`` in a random direction, with the true camera
-    height (a camera rig's height is known; its GPS position is not exact)."""
-    rng = random.Random(seed)
-    with (town / "poses.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    with out.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image", "lat", "lon", "radius_m", "camera_height_m"])
-        for row in rows:
-            lat, lon = float(row["lat"]), float(row["lon"])
-            angle = rng.uniform(0, 2 * math.pi)
-            dlat = offset_m * math.cos(angle) / 111_320.0
-            dlon = offset_m * math.sin(angle) / (111_320.0 * math.cos(math.radians(lat)))
-            writer.writerow([row["image"], f"{lat + dlat:.8f}", f"{lon + dlon:.8f}", radius_m, row["camera_height_m"]])
-    return out
+    """A ``--priors`` CSV: each true position moved by up to ``offset_m``, searched within ``radius_m``."""
+    return write_noisy_priors(town / "poses.csv", out, seed=seed, max_offset_m=offset_m, radius_m=radius_m)

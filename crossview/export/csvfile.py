@@ -138,6 +138,24 @@ def write_csv(results: Sequence[ImageResult], path: str | os.PathLike, meta: Map
         raise ResultsReadError(f"cannot write {path}: {error.strerror or error}") from None
 
 
+def read_table(path: Path, required: Sequence[str], *, what: str, missing_message: str) -> csv.DictReader:
+    """A ``csv.DictReader`` over the whole file once its ``required`` columns are checked.
+
+    Raises:
+        ResultsReadError: ``cannot read {what} {path}: ...`` for a missing or unreadable file.
+        ResultsError: ``missing_message`` with ``{path}`` and ``{missing}`` filled in when columns are missing.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ResultsReadError(f"cannot read {what} {path}: {getattr(error, 'strerror', None) or error}") from None
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [column for column in required if column not in (reader.fieldnames or [])]
+    if missing:
+        raise ResultsError(missing_message.format(path=path, missing=", ".join(missing)))
+    return reader
+
+
 def read_csv(path: str | os.PathLike) -> tuple[list[ImageResult], dict[str, Any]]:
     """Read a results CSV and its metadata sidecar (``{}`` when the sidecar is absent).
 
@@ -146,14 +164,12 @@ def read_csv(path: str | os.PathLike) -> tuple[list[ImageResult], dict[str, Any]
         ResultsError: required columns missing or a bad row (named by its line number).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ResultsReadError(f"cannot read results {path}: {getattr(error, 'strerror', None) or error}") from None
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
-    if missing:
-        raise ResultsError(f"{path} is not a crossview results CSV (no column {', '.join(missing)})")
+    reader = read_table(
+        path,
+        REQUIRED_COLUMNS,
+        what="results",
+        missing_message="{path} is not a crossview results CSV (no column {missing})",
+    )
     results = []
     for row in reader:
         try:
