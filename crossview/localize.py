@@ -3,30 +3,36 @@
 For each image (its camera and prior from :mod:`crossview.inputs`):
 
 1. Encode it (:meth:`CrossViewModel.encode_ground`): azimuth column features (and the descriptor).
-2. Candidates: every chip of the :class:`ChipTable` whose centre lies in the prior disc (the whole table without
-   a prior) is scored by DSM-style orientation-aware matching of column features over all azimuths (restricted to
-   +/- :data:`HEADING_PRIOR_TOLERANCE_DEG` around a heading prior); the ``top_k`` chips, each with its best
-   heading (and, without a heading prior, also the opposite heading: streets look alike both ways), are the
-   candidates. Orientation-aware scores need no heading, so panoramas of any heading and
-   pinhole views work alike.
+2. Candidates (``search="dense"``, the default): the image's finest refinement features are laid on the ground
+   plane as one bird's-eye-view template per heading (64) and correlated with the map's features over the whole
+   prior disc (:mod:`crossview.retrieval.dense`; priors wider than :data:`DENSE_MAX_RADIUS_M`, or none, are
+   searched in small discs around the retrieved chips of step 2b). The best pose is the candidate; its score is
+   its margin over the best pose at least :data:`DENSE_PEAK_SEPARATION_M` away.
+2b. Retrieval (``search="retrieval"``): every chip of the :class:`ChipTable` whose centre lies in the prior disc
+   (the whole table without a prior) is scored by DSM-style orientation-aware matching of column features over
+   all azimuths (restricted to +/- :data:`HEADING_PRIOR_TOLERANCE_DEG` around a heading prior); the ``top_k``
+   chips, each with its best heading (and, without a heading prior, also the opposite heading: streets look
+   alike both ways), are the candidates.
 3. Refinement (:func:`crossview.refinement.refine_candidates`): for each candidate a chip is cut centred on it
    (true-north-up, the index's footprint) and the pose is refined by LM on the model's three feature levels, in
    the chip's local frame: x east, y TRUE north, ground metres, heading clockwise from true north. The candidate
-   with the lowest final cost per ground point wins; if every refinement fails, the best retrieved chip centre and
-   heading are returned with the lattice's spacing as uncertainty.
+   with the lowest final cost per ground point wins; if every refinement fails, the candidate itself is returned
+   with its grid's spacing as uncertainty.
 4. The pose goes back to the map frame (grid = true rotated by the meridian convergence, scaled by the UTM point
    scale factor) and to WGS84; its covariance becomes the 1-sigma ellipse and heading std of the record.
 
-Score: the winning candidate's orientation-aware similarity times ``exp(-mean cost per point / COST_SCALE)``;
-higher means a smaller error (calibrated on held-out synthetic data, see the README).
+Score: dense search, the peak's margin (Spearman correlation with the position error -0.50 on a held-out
+synthetic town: higher means a smaller error); retrieval, the orientation-aware similarity times
+``exp(-mean cost per point / COST_SCALE)`` (no correlation with the error).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +54,14 @@ DEFAULT_CAMERA_HEIGHT_M = 2.0
 PINHOLE_HEIGHT_PX = 128
 """Pinhole views are resized to this height (aspect kept) before encoding."""
 CHIP_BATCH = 64
+DENSE_MAX_RADIUS_M = 250.0
+"""Priors up to this radius are searched densely over their whole disc; wider priors (or none) are searched
+densely around the retrieved chips."""
+DENSE_PEAKS = 3
+"""Poses of the dense search refined per image."""
+DENSE_PEAK_SEPARATION_M = 6.0
+DENSE_HEADINGS = 64
+SEARCH_MODES = ("dense", "retrieval")
 
 
 # ---- per-image priors from a CSV ---------------------------------------------------------------------------
@@ -112,17 +126,27 @@ class ChipTable:
 
     Attributes:
         centers_xy: (N, 2) float64 chip centres, metres.
-        columns: (N, Dc, Wc) float32 aerial column features (orientation-aware matching).
+        encode_columns: (M, 2) centres -> (M, Dc, Wc) float32 aerial column features (orientation-aware
+            matching); called once, on first use of :attr:`columns` (a dense search in small prior discs never
+            needs them).
         frame: the index frame.
         sampler: cuts chips at any centre exactly as the table's were cut.
         map_name: the map's file name (recorded in the results).
     """
 
     centers_xy: np.ndarray
-    columns: Tensor
+    encode_columns: Callable[[np.ndarray], Tensor]
     frame: LocalFrame
     sampler: Any
     map_name: str
+    _columns: Tensor | None = None
+
+    @property
+    def columns(self) -> Tensor:
+        """(N, Dc, Wc) column features of every chip."""
+        if self._columns is None:
+            self._columns = self.encode_columns(self.centers_xy)
+        return self._columns
 
     def within(self, x_m: float, y_m: float, radius_m: float | None) -> np.ndarray:
         """Ids of chips whose centre is within ``radius_m`` grid metres of (x, y) (all when None)."""
@@ -168,8 +192,8 @@ def chip_table_from_map(
     centers = centers[in_prior_discs(centers, geometry.frame, priors, margin_m=stride)]
     if len(centers) == 0:
         raise LocateError(f"map {map_name}: no valid {geometry.extent_m:.0f} m chip where the images may be")
-    columns = encode_chip_columns(model, sampler, centers, device)
-    return ChipTable(centers, columns, geometry.frame, sampler, map_name)
+    encode = functools.partial(encode_chip_columns, model, sampler, device=device)
+    return ChipTable(centers, encode, geometry.frame, sampler, map_name)
 
 
 # ---- decoding (worker processes) ---------------------------------------------------------------------------
@@ -276,9 +300,13 @@ class Localizer:
         workers: int = 0,
         device: str = "cpu",
         refiner_config: Any = None,
+        search: str = "dense",
     ) -> None:
         from crossview.refinement import RefinerConfig
 
+        if search not in SEARCH_MODES:
+            raise LocateError(f"--search {search!r}: must be one of {', '.join(SEARCH_MODES)}")
+        self.search = search
         self.model, self.table, self.model_name, self.top_k = model, table, model_name, int(top_k)
         self.decode, self.batch_size, self.workers, self.device = decode, int(batch_size), int(workers), device
         self.refiner_config = refiner_config or RefinerConfig()
@@ -331,31 +359,129 @@ class Localizer:
         scale = float(self.table.frame.scale_factor(lat=prior.lat, lon=prior.lon))
         return float(x), float(y), float(prior.radius_m) * scale
 
-    def refine(self, pixels: Tensor, camera: CameraInfo, found: Candidates) -> dict[str, Any]:
-        """LM refinement of every candidate of one image in the chips' true-north frames; the best one."""
+    def ground_levels(self, pixels: Tensor, camera: CameraInfo) -> tuple[list[Tensor], list[Tensor], Any]:
+        """The three refinement levels of one image: features (1, C, H_l, W_l), confidences (1, 1, H_l, W_l) and
+        the camera at the model input's size."""
         from crossview.encoders.circular import circular_width
         from crossview.geometry.cameras import PanoramaCamera, PinholeCamera
-        from crossview.geometry.ground import MapChip
-        from crossview.geometry.pose import Pose2
-        from crossview.refinement import refine_candidates
 
-        model, k = self.model, len(found.ids)
         images = pixels[None].to(self.device)
-        chips, _ = self.table.sampler.crop(found.centers_xy, device=self.device)
-        with torch.inference_mode():
-            with circular_width(camera.model == "panorama"):
-                g_feats, g_confs = model.ground_decoder(model.ground_backbone(model.ground_input(images)))
-            c_feats, c_confs = model.aerial_decoder(model.aerial_backbone(model.map_input(chips)))
+        with torch.inference_mode(), circular_width(camera.model == "panorama"):
+            feats, confs = self.model.ground_decoder(self.model.ground_backbone(self.model.ground_input(images)))
         height_px, width_px = images.shape[-2:]
         if camera.model == "panorama":
             cam = PanoramaCamera(width_px, height_px)
         else:
             cam = PinholeCamera.from_hfov(width_px, height_px, float(camera.hfov_deg))
+        return [f.float() for f in feats], [c.float() for c in confs], cam
+
+    def find_candidates(self, ground: Any, index: int, levels: Any, item: Decoded) -> Candidates | None:
+        """Candidate poses of one image: the dense search over a small prior disc; otherwise retrieved chips
+        (``--search retrieval``), or the dense search in small discs around them. None when no map is in reach."""
+        x, y, radius = self._prior_xy(item.prior)
+        if self.search == "dense" and radius is not None and radius <= DENSE_MAX_RADIUS_M:
+            return self.dense_candidates(levels, item.camera, item.prior, [(x, y, radius)])
+        found = self.candidates(ground, index, item.prior)
+        if found is None or self.search != "dense":
+            return found
+        _, first = np.unique(found.ids, return_index=True)
+        areas = [(*found.centers_xy[i], self.stride_m) for i in sorted(first)]
+        return self.dense_candidates(levels, item.camera, item.prior, areas) or found
+
+    def dense_candidates(
+        self, levels: Any, camera: CameraInfo, prior: Prior, areas: Sequence[tuple[float, float, float]]
+    ) -> Candidates | None:
+        """The best pose of an exhaustive search (:mod:`crossview.retrieval.dense`) over discs (x, y, radius in
+        grid metres); its score is its margin over the best pose at least :data:`DENSE_PEAK_SEPARATION_M` away.
+        None when no disc holds valid map."""
+        from crossview.retrieval.dense import bev_templates
+
+        feats, confs, cam = levels
+        level_camera = cam.scaled(feats[-1].shape[-1] / cam.width)
+        headings = torch.arange(DENSE_HEADINGS, dtype=torch.float32) * (2 * math.pi / DENSE_HEADINGS)
+        templates = bev_templates(
+            feats[-1],
+            confs[-1],
+            level_camera,
+            float(camera.height_m),
+            cell_m=self.chip_gsd_m * self._map_stride(),
+            headings_rad=headings,
+        )
+        heading_ok = self._heading_allowed(headings, prior)
+        peaks = []
+        for x, y, radius in areas:
+            peaks.extend(self._area_peaks(templates, (float(x), float(y)), float(radius), heading_ok))
+        if not peaks:
+            return None
+        peaks.sort(key=lambda peak: -peak[2])
+        best_xy, best_heading, best_score = peaks[0]
+        rivals = [p[2] for p in peaks[1:] if np.hypot(*(p[0] - best_xy)) >= DENSE_PEAK_SEPARATION_M]
+        margin = best_score - max(rivals) if rivals else best_score
+        return Candidates(np.array([-1]), best_xy[None], np.array([margin]), np.array([best_heading]))
+
+    @functools.cache  # noqa: B019 (one localizer per run)
+    def _map_stride(self) -> int:
+        """Map pixels per cell of the finest refinement level."""
+        size = self.chip_px
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, size, size, device=self.device)
+            feats, _ = self.model.aerial_decoder(self.model.aerial_backbone(self.model.map_input(probe)))
+        return size // feats[-1].shape[-1]
+
+    def _heading_allowed(self, headings_rad: Tensor, prior: Prior) -> Tensor:
+        """(N, 1, 1) bool: the headings within the heading prior's tolerance (all without one)."""
+        if prior.heading_deg is None:
+            return torch.ones(len(headings_rad), 1, 1, dtype=torch.bool)
+        diff = torch.remainder(torch.rad2deg(headings_rad) - float(prior.heading_deg) + 180.0, 360.0) - 180.0
+        return (diff.abs() <= HEADING_PRIOR_TOLERANCE_DEG)[:, None, None]
+
+    def _area_peaks(
+        self, templates: Any, center_xy: tuple[float, float], radius_m: float, heading_ok: Tensor
+    ) -> list[tuple[np.ndarray, float, float]]:
+        """Peaks (grid centre, true heading in degrees, score) of the dense search in one disc."""
+        from crossview.retrieval.dense import correlate, find_peaks
+
+        reach_m = radius_m + templates.radius_cells * templates.cell_m
+        size_px = 32 * math.ceil(2.0 * reach_m / self.chip_gsd_m / 32)
+        chip, valid = self.table.sampler.crop(np.array([center_xy]), size_px=size_px, device=self.device)
+        with torch.inference_mode():
+            feats, _ = self.model.aerial_decoder(self.model.aerial_backbone(self.model.map_input(chip)))
+        map_feats = feats[-1][0].float().cpu()
+        cells = map_feats.shape[-1]
+        valid_cells = F.interpolate(valid[:, None].float().cpu(), size=(cells, cells), mode="area")[0, 0] >= 0.5
+        steps = (torch.arange(cells, dtype=torch.float32) + 0.5 - cells / 2) * templates.cell_m
+        in_disc = steps[None, :] ** 2 + steps[:, None] ** 2 <= radius_m**2
+        scores = correlate(map_feats, templates)
+        peaks = find_peaks(
+            scores,
+            heading_ok & (in_disc & valid_cells)[None],
+            DENSE_PEAKS,
+            min_separation_cells=DENSE_PEAK_SEPARATION_M / templates.cell_m,
+        )
+        out = []
+        for peak in peaks:
+            offset = np.array([float(steps[peak.col]), -float(steps[peak.row])])
+            out.append(
+                (self._offset_to_grid(np.asarray(center_xy), offset), math.degrees(peak.heading_rad), peak.score)
+            )
+        return out
+
+    def refine(self, ground: tuple[list[Tensor], list[Tensor], Any], camera: CameraInfo, found: Candidates) -> dict:
+        """LM refinement of every candidate of one image in the chips' true-north frames; the best one."""
+        from crossview.geometry.ground import MapChip
+        from crossview.geometry.pose import Pose2
+        from crossview.refinement import refine_candidates
+
+        model, k = self.model, len(found.ids)
+        g_feats, g_confs, cam = ground
+        chips, _ = self.table.sampler.crop(found.centers_xy, device=self.device)
+        with torch.inference_mode():
+            c_feats, c_confs = model.aerial_decoder(model.aerial_backbone(model.map_input(chips)))
         init = torch.zeros(k, 3, dtype=torch.float64)
         init[:, 2] = torch.from_numpy(np.deg2rad(found.heading_deg))
         result = refine_candidates(
-            [f.float() for f in g_feats],
-            [c.float() for c in g_confs],
+            g_feats,
+            g_confs,
             [f.float() for f in c_feats],
             [c.float() for c in c_confs],
             MapChip.square(torch.zeros(k, 2), self.chip_gsd_m, self.chip_px),
@@ -379,7 +505,8 @@ class Localizer:
     def result_for(self, item: Decoded, ground: Any, index: int) -> ImageResult:
         """The record of one decoded image (failed with the reason when no pose can be given)."""
         common = {"prior": item.prior, "camera": item.camera, "model": self.model_name, "map": self.map_name}
-        found = self.candidates(ground, index, item.prior)
+        levels = self.ground_levels(item.pixels, item.camera)
+        found = self.find_candidates(ground, index, levels, item)
         if found is None:
             where = (
                 f"{item.prior.radius_m:g} m of {item.prior.lat:.6f}, {item.prior.lon:.6f}"
@@ -387,18 +514,21 @@ class Localizer:
                 else "the map"
             )
             return ImageResult.failed(item.image, f"no map chip within {where}", **common)
-        refined = self.refine(item.pixels, item.camera, found)
+        refined = self.refine(levels, item.camera, found)
+        dense = bool((found.ids < 0).all())
         if refined["failed"]:
-            offset = np.zeros(2)
-            heading_true = float(found.heading_deg[0])
-            center = found.centers_xy[0]
-            cov = np.diag([self.stride_m**2 / 6.0] * 2 + [math.radians(360.0 / self.total_columns) ** 2 / 12.0])
+            offset, heading_true, center = np.zeros(2), float(found.heading_deg[0]), found.centers_xy[0]
+            spacing_m = self.chip_gsd_m * self._map_stride() if dense else self.stride_m
+            bin_deg = 360.0 / (DENSE_HEADINGS if dense else self.total_columns)
+            cov = np.diag([spacing_m**2 / 6.0] * 2 + [math.radians(bin_deg) ** 2 / 12.0])
             score = float(found.scores[0]) * 0.5
         else:
             best = refined["best"]
             offset, heading_true = refined["pose_local"][:2], math.degrees(refined["pose_local"][2])
             center, cov = found.centers_xy[best], refined["covariance"]
-            score = float(found.scores[best]) * math.exp(-refined["mean_cost"] / COST_SCALE)
+            score = float(found.scores[best])
+            if not dense:
+                score *= math.exp(-refined["mean_cost"] / COST_SCALE)
         lat, lon = self._to_latlon(center, offset)
         uncertainty = pose_uncertainty(cov).as_fields() if np.isfinite(cov).all() else {}
         return ImageResult(
@@ -412,8 +542,8 @@ class Localizer:
             **common,
         )
 
-    def _to_latlon(self, center_xy: np.ndarray, offset_true_m: np.ndarray) -> tuple[float, float]:
-        """Chip centre (grid) + offset (east, true north, ground metres) -> WGS84."""
+    def _offset_to_grid(self, center_xy: np.ndarray, offset_true_m: np.ndarray) -> np.ndarray:
+        """Chip centre (grid) + offset (east, true north, ground metres) -> (2,) grid x, y."""
         frame = self.table.frame
         lat0, lon0 = frame.to_latlon(float(center_xy[0]), float(center_xy[1]))
         gamma = math.radians(float(frame.convergence_deg(lat=lat0, lon=lon0)))
@@ -421,7 +551,12 @@ class Localizer:
         east, north = float(offset_true_m[0]), float(offset_true_m[1])
         dx = scale * (east * math.cos(gamma) - north * math.sin(gamma))
         dy = scale * (north * math.cos(gamma) + east * math.sin(gamma))
-        lat, lon = frame.to_latlon(float(center_xy[0]) + dx, float(center_xy[1]) + dy)
+        return np.array([float(center_xy[0]) + dx, float(center_xy[1]) + dy])
+
+    def _to_latlon(self, center_xy: np.ndarray, offset_true_m: np.ndarray) -> tuple[float, float]:
+        """Chip centre (grid) + offset (east, true north, ground metres) -> WGS84."""
+        x, y = self._offset_to_grid(center_xy, offset_true_m)
+        lat, lon = self.table.frame.to_latlon(float(x), float(y))
         return float(lat), float(lon)
 
     # ---- batches -------------------------------------------------------------------------------------------
@@ -549,6 +684,7 @@ def build_localizer(settings: Any, images: Sequence[str]) -> Localizer:
         batch_size=settings.batch_size,
         workers=settings.workers,
         device=settings.device,
+        search=settings.search,
     )
 
 
@@ -591,5 +727,5 @@ def _table_from_index(settings: Any, model: Any, checkpoint: Any, priors: Sequen
     check_map_modality(model.config, raster, map_name=Path(map_path).name)
     sampler = index.chip_sampler(raster)
     centers = index.centers_xy[in_prior_discs(index.centers_xy, index.frame, priors, margin_m=20.0)]
-    columns = encode_chip_columns(model, sampler, centers, settings.device)  # the index stores descriptors only
-    return ChipTable(centers, columns, index.frame, sampler, Path(map_path).name)
+    encode = functools.partial(encode_chip_columns, model, sampler, device=settings.device)  # not in the index
+    return ChipTable(centers, encode, index.frame, sampler, Path(map_path).name)

@@ -64,6 +64,7 @@ class LocateSettings:
     priors: str | None = None
     exif_prior: bool = True
     top_k: int = DEFAULT_TOP_K
+    search: str = "dense"
     fmt: str | None = None
     ellipses: bool = False
     device: str = "cpu"
@@ -271,6 +272,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--priors", help="CSV of per-image priors: image,lat,lon[,radius_m][,heading_deg]")
     parser.add_argument("--no-exif-prior", dest="exif_prior", action="store_false", help="ignore EXIF GPS/heading")
     parser.add_argument("--top-k", dest="top_k", type=int, default=DEFAULT_TOP_K, help="candidates refined per image")
+    parser.add_argument(
+        "--search",
+        choices=("dense", "retrieval"),
+        default="dense",
+        help="candidate poses: dense matching over the prior disc (default) or retrieved chip centres only",
+    )
     parser.add_argument("--stride", dest="stride_m", type=float, help="chip spacing of on-the-fly indexes, m")
     parser.add_argument("--ellipses", action="store_true", help="GeoJSON: add ellipse and heading-line features")
     parser.add_argument("--resume", action="store_true", help="skip the images already in <out>.jsonl")
@@ -310,6 +317,7 @@ def settings_from_args(args: argparse.Namespace) -> LocateSettings:
         priors=args.priors,
         exif_prior=args.exif_prior,
         top_k=args.top_k,
+        search=args.search,
         fmt=args.fmt,
         ellipses=args.ellipses,
         device=args.device,

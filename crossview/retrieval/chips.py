@@ -228,6 +228,7 @@ class ChipSampler:
         centers_xy: npt.ArrayLike,
         heading_deg: npt.ArrayLike = 0.0,
         *,
+        size_px: int | None = None,
         device: torch.device | str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Chips at arbitrary centres, exactly as the index cuts them (heading 0: true-north-up).
@@ -235,14 +236,16 @@ class ChipSampler:
         Args:
             centers_xy: (N, 2) chip centres (x, y) in the index frame, metres.
             heading_deg: float or (N,) true heading pointing to the chip's top (0 for retrieval chips).
+            size_px: chip side S in pixels at the chip's gsd (default: the geometry's; larger for map areas).
             device: torch device of the sampling and of the results (default CPU).
 
         Returns:
             chips: (N, 3, S, S) float32 in [0, 1] (0 where invalid).
             valid: (N, S, S) bool.
         """
+        size = self.geometry.size_px if size_px is None else int(size_px)
         chips, valid = self.raster.crop(
-            centers_xy, self.geometry.size_px, self.geometry.gsd_m, heading_deg, resampling="bilinear", device=device
+            centers_xy, size, self.geometry.gsd_m, heading_deg, resampling="bilinear", device=device
         )
         return chips.mul_(1.0 / self.value_scale).clamp_(0.0, 1.0), valid
 
