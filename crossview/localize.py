@@ -61,6 +61,15 @@ DENSE_PEAKS = 3
 """Poses of the dense search refined per image."""
 DENSE_PEAK_SEPARATION_M = 6.0
 DENSE_HEADINGS = 64
+DENSE_MAX_REFINE_SHIFT_M = 5.0
+"""LM may move a dense-search pose this far (about its convergence basin); farther, it has diverged and the
+dense pose is kept."""
+DENSE_SHARED_MAX_KM2 = 1.0
+"""The map's features are encoded once for a run when the images' prior discs fit in a square this large;
+otherwise each disc is encoded for its image."""
+DENSE_WHOLE_MAP_MAX_KM2 = 0.25
+"""Images without a prior are searched densely over the whole map when it is this small (a correlation over
+0.25 km^2 takes about a second on 2 cores); larger maps are searched around the retrieved chips."""
 SEARCH_MODES = ("dense", "retrieval")
 
 
@@ -285,6 +294,16 @@ class Candidates:
     heading_deg: np.ndarray
 
 
+@dataclass(frozen=True)
+class DenseArea:
+    """The square of the map whose features the dense search of a run shares: centre (grid metres), half side
+    (ground metres), and whether it holds the whole map (then images without a prior search all of it)."""
+
+    center_xy: tuple[float, float]
+    half_extent_m: float
+    whole_map: bool
+
+
 class Localizer:
     """Runs the stages on decoded images (see the module docstring)."""
 
@@ -301,12 +320,13 @@ class Localizer:
         device: str = "cpu",
         refiner_config: Any = None,
         search: str = "dense",
+        dense_area: DenseArea | None = None,
     ) -> None:
         from crossview.refinement import RefinerConfig
 
         if search not in SEARCH_MODES:
             raise LocateError(f"--search {search!r}: must be one of {', '.join(SEARCH_MODES)}")
-        self.search = search
+        self.search, self.dense_area, self._shared_raster = search, dense_area, None
         self.model, self.table, self.model_name, self.top_k = model, table, model_name, int(top_k)
         self.decode, self.batch_size, self.workers, self.device = decode, int(batch_size), int(workers), device
         self.refiner_config = refiner_config or RefinerConfig()
@@ -376,11 +396,15 @@ class Localizer:
         return [f.float() for f in feats], [c.float() for c in confs], cam
 
     def find_candidates(self, ground: Any, index: int, levels: Any, item: Decoded) -> Candidates | None:
-        """Candidate poses of one image: the dense search over a small prior disc; otherwise retrieved chips
-        (``--search retrieval``), or the dense search in small discs around them. None when no map is in reach."""
+        """Candidate poses of one image: the dense search over a small prior disc, or over the whole map without
+        a prior when the map's feature raster holds it; otherwise retrieved chips (``--search retrieval``), or
+        the dense search in small discs around them. None when no map is in reach."""
         x, y, radius = self._prior_xy(item.prior)
-        if self.search == "dense" and radius is not None and radius <= DENSE_MAX_RADIUS_M:
-            return self.dense_candidates(levels, item.camera, item.prior, [(x, y, radius)])
+        if self.search == "dense":
+            if radius is not None and radius <= DENSE_MAX_RADIUS_M:
+                return self.dense_candidates(levels, item.camera, item.prior, [(x, y, radius)])
+            if radius is None and self.dense_area is not None and self.dense_area.whole_map:
+                return self.dense_candidates(levels, item.camera, item.prior, [(x, y, math.inf)])
         found = self.candidates(ground, index, item.prior)
         if found is None or self.search != "dense":
             return found
@@ -435,36 +459,56 @@ class Localizer:
         diff = torch.remainder(torch.rad2deg(headings_rad) - float(prior.heading_deg) + 180.0, 360.0) - 180.0
         return (diff.abs() <= HEADING_PRIOR_TOLERANCE_DEG)[:, None, None]
 
+    def feature_raster(self, x_m: float, y_m: float, radius_m: float, reach_m: float) -> Any:
+        """The map's finest features around a disc: the raster shared by the run when there is one (encoded on
+        first use), else one encoded for this disc."""
+        from crossview.retrieval.feature_raster import encode_feature_raster
+
+        common = {"cell_px": self._map_stride(), "device": self.device}
+        if self.dense_area is not None:
+            if self._shared_raster is None:
+                area = self.dense_area
+                self._shared_raster = encode_feature_raster(
+                    self.model, self.table.sampler, self.table.frame, area.center_xy, area.half_extent_m, **common
+                )
+            return self._shared_raster
+        return encode_feature_raster(
+            self.model, self.table.sampler, self.table.frame, (x_m, y_m), radius_m + reach_m, **common
+        )
+
     def _area_peaks(
         self, templates: Any, center_xy: tuple[float, float], radius_m: float, heading_ok: Tensor
     ) -> list[tuple[np.ndarray, float, float]]:
-        """Peaks (grid centre, true heading in degrees, score) of the dense search in one disc."""
+        """Peaks (grid centre, true heading in degrees, score) of the dense search in one disc (``radius_m``
+        infinite: the whole feature raster)."""
         from crossview.retrieval.dense import correlate, find_peaks
 
-        reach_m = radius_m + templates.radius_cells * templates.cell_m
-        size_px = 32 * math.ceil(2.0 * reach_m / self.chip_gsd_m / 32)
-        chip, valid = self.table.sampler.crop(np.array([center_xy]), size_px=size_px, device=self.device)
-        with torch.inference_mode():
-            feats, _ = self.model.aerial_decoder(self.model.aerial_backbone(self.model.map_input(chip)))
-        map_feats = feats[-1][0].float().cpu()
-        cells = map_feats.shape[-1]
-        valid_cells = F.interpolate(valid[:, None].float().cpu(), size=(cells, cells), mode="area")[0, 0] >= 0.5
-        steps = (torch.arange(cells, dtype=torch.float32) + 0.5 - cells / 2) * templates.cell_m
-        in_disc = steps[None, :] ** 2 + steps[:, None] ** 2 <= radius_m**2
-        scores = correlate(map_feats, templates)
+        reach_m = templates.radius_cells * templates.cell_m
+        raster = self.feature_raster(*center_xy, 0.0 if math.isinf(radius_m) else radius_m, reach_m)
+        if math.isinf(radius_m):
+            east0, north0, half = 0.0, 0.0, raster.size // 2 + 1
+        else:
+            east0, north0 = raster.from_grid(*center_xy)
+            half = math.ceil(radius_m / raster.cell_m) + 1
+        features, valid, east_w, north_w = raster.window(east0, north0, half)
+        steps = (torch.arange(2 * half + 1, dtype=torch.float64) - half) * raster.cell_m
+        north, east = torch.meshgrid(north_w - steps, east_w + steps, indexing="ij")
+        allowed = valid & ((east - east0) ** 2 + (north - north0) ** 2 <= radius_m**2)
+        scores = correlate(features, templates)
         peaks = find_peaks(
             scores,
-            heading_ok & (in_disc & valid_cells)[None],
+            heading_ok & allowed[None],
             DENSE_PEAKS,
-            min_separation_cells=DENSE_PEAK_SEPARATION_M / templates.cell_m,
+            min_separation_cells=DENSE_PEAK_SEPARATION_M / raster.cell_m,
         )
-        out = []
-        for peak in peaks:
-            offset = np.array([float(steps[peak.col]), -float(steps[peak.row])])
-            out.append(
-                (self._offset_to_grid(np.asarray(center_xy), offset), math.degrees(peak.heading_rad), peak.score)
+        return [
+            (
+                raster.to_grid(float(east[peak.row, peak.col]), float(north[peak.row, peak.col])),
+                math.degrees(peak.heading_rad),
+                peak.score,
             )
-        return out
+            for peak in peaks
+        ]
 
     def refine(self, ground: tuple[list[Tensor], list[Tensor], Any], camera: CameraInfo, found: Candidates) -> dict:
         """LM refinement of every candidate of one image in the chips' true-north frames; the best one."""
@@ -516,6 +560,8 @@ class Localizer:
             return ImageResult.failed(item.image, f"no map chip within {where}", **common)
         refined = self.refine(levels, item.camera, found)
         dense = bool((found.ids < 0).all())
+        if dense and float(np.hypot(*refined["pose_local"][:2])) > DENSE_MAX_REFINE_SHIFT_M:
+            refined["failed"] = True
         if refined["failed"]:
             offset, heading_true, center = np.zeros(2), float(found.heading_deg[0]), found.centers_xy[0]
             spacing_m = self.chip_gsd_m * self._map_stride() if dense else self.stride_m
@@ -678,6 +724,7 @@ def build_localizer(settings: Any, images: Sequence[str]) -> Localizer:
     return Localizer(
         model,
         table,
+        dense_area=dense_area(table, priors),
         model_name=model_name,
         top_k=settings.top_k,
         decode=decode,
@@ -686,6 +733,31 @@ def build_localizer(settings: Any, images: Sequence[str]) -> Localizer:
         device=settings.device,
         search=settings.search,
     )
+
+
+def dense_area(table: ChipTable, priors: Sequence[Prior | None]) -> DenseArea | None:
+    """The square whose map features a run shares: around the prior discs when every image has a small one,
+    else the whole map when it is small enough (see :data:`DENSE_SHARED_MAX_KM2` and
+    :data:`DENSE_WHOLE_MAP_MAX_KM2`); None otherwise."""
+    from crossview.retrieval.dense import DEFAULT_MAX_RANGE_M
+
+    bounds = table.sampler.raster.bounds()
+    west, south, east, north = bounds.left, bounds.bottom, bounds.right, bounds.top
+    usable = [p for p in priors if p is not None]
+    small = bool(usable) and all(p.lat is not None and p.radius_m <= DENSE_MAX_RADIUS_M for p in usable)
+    if small:
+        reach_m = DEFAULT_MAX_RANGE_M + 5.0  # the templates reach beyond the disc, plus a few cells
+        xy = np.array([table.frame.to_xy(lat=p.lat, lon=p.lon) for p in usable], dtype=np.float64).reshape(-1, 2)
+        radius = np.array([p.radius_m * 1.001 + reach_m for p in usable])
+        west, east = max(west, float((xy[:, 0] - radius).min())), min(east, float((xy[:, 0] + radius).max()))
+        south, north = max(south, float((xy[:, 1] - radius).min())), min(north, float((xy[:, 1] + radius).max()))
+    if east <= west or north <= south:
+        return None
+    half = 0.5 * max(east - west, north - south)
+    limit_km2 = DENSE_SHARED_MAX_KM2 if small else DENSE_WHOLE_MAP_MAX_KM2
+    if (2 * half) ** 2 > limit_km2 * 1e6:
+        return None
+    return DenseArea((0.5 * (west + east), 0.5 * (south + north)), half, whole_map=not small)
 
 
 def _map_raster(settings: Any, priors: Sequence[Prior | None]) -> tuple[Any, str]:
