@@ -56,26 +56,26 @@ def bench_encoder(config: BenchConfig) -> dict[str, Any]:
 
 
 def bench_locate(config: BenchConfig) -> dict[str, Any]:
-    """End to end: a synthetic town (300 m square with its map margin, about 0.2 km^2; quick: 100 m), its index,
-    then ``crossview locate`` on its panoramas and pinhole views with 100 m priors."""
+    """End to end: a synthetic town on the equator (1 km square, about 1.2 km^2 of map with its margin; quick:
+    100 m), its index, then ``crossview locate`` on its panoramas and pinhole views with 100 m priors."""
     from crossview.data.synth import generate_world
     from crossview.demo import write_noisy_priors
     from crossview.retrieval import build_index
 
-    size_m, panoramas = (100.0, 8) if config.quick else (300.0, 40)
+    size_m, panoramas = (100.0, 8) if config.quick else (1000.0, 40)
     with tempfile.TemporaryDirectory(prefix="crossview-bench-") as tmp:
         root = Path(tmp)
         generate_world(
             root / "world",
             seed=4243,
-            cities=["Bergen"],
+            cities=["Quito"],
             size_m=size_m,
             panoramas=panoramas,
             pinhole_per_pano=1,
             pano_size=(256, 512),
             pinhole_size=(240, 320),
         )
-        town = root / "world" / "Bergen"
+        town = root / "world" / "Quito"
         started = time.perf_counter()
         index = build_index(town / "map.tif", MODEL, device=config.device, progress=False)
         index_s = time.perf_counter() - started

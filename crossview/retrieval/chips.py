@@ -22,6 +22,11 @@ Sampling:
     Chips are then cut from that raster with ``GeoRaster.crop`` (bilinear). Cutting a chip at any (x, y) of the
     frame (:meth:`ChipSampler.crop`) gives the same pixels as building the index would at that centre.
 
+OSM class rasters (models with ``map_modality: osm``):
+    The same geometry; the map's class bands are warped with ``nearest`` (``mode`` when the map is finer than the
+    chips, so thin ways survive as the majority class of their pixels) and cut with ``nearest``: chips hold whole
+    class indices, never blends (:mod:`crossview.encoders.osm_input` embeds them).
+
 Validity:
     A chip centre on the lattice is kept when the map pixel under it is valid and at least
     ``MIN_VALID_FRACTION`` of the chip's pixels are (the rest are zeros, as in ``GeoRaster.crop``).
@@ -72,12 +77,14 @@ class ChipGeometry:
         size_px: chip side S in pixels (the model's ``aerial_size``).
         extent_m: chip side in ground metres.
         extent_source: where ``extent_m`` came from: ``user``, ``model-config`` or ``vigor-zoom20-tile``.
+        modality: ``aerial`` (RGB imagery) or ``osm`` (class rasters).
     """
 
     frame: LocalFrame
     size_px: int
     extent_m: float
     extent_source: str = "user"
+    modality: str = "aerial"
 
     def __post_init__(self) -> None:
         if isinstance(self.size_px, bool) or not isinstance(self.size_px, int | np.integer) or self.size_px < 1:
@@ -100,13 +107,20 @@ class ChipGeometry:
             "gsd_m": self.gsd_m,
             "extent_source": self.extent_source,
             "orientation": "true-north-up",
+            "modality": self.modality,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ChipGeometry:
         epsg = data.get("frame_epsg")
         frame = LocalFrame(CRS.from_epsg(epsg)) if epsg is not None else LocalFrame(CRS.from_wkt(data["frame_wkt"]))
-        return cls(frame, int(data["size_px"]), float(data["extent_m"]), str(data.get("extent_source", "user")))
+        return cls(
+            frame,
+            int(data["size_px"]),
+            float(data["extent_m"]),
+            str(data.get("extent_source", "user")),
+            str(data.get("modality", "aerial")),
+        )
 
 
 def vigor_tile_extent_m(*, lat: float) -> float:
@@ -125,19 +139,19 @@ def chip_geometry_for_model(
         extent_m: ground side of a chip, metres; default: the model's footprint.
 
     Raises:
-        ConfigError: a model whose aerial branch does not take RGB chips, or a bad ``extent_m``.
+        ConfigError: a model whose map input is neither RGB imagery nor OSM class rasters, or a bad ``extent_m``.
     """
     modality = model_config.get("map_modality", "aerial")
-    if modality != "aerial":
-        raise ConfigError(f"the chip index needs a model with RGB aerial input; this one takes {modality!r} maps")
+    if modality not in ("aerial", "osm"):
+        raise ConfigError(f"the chip index takes aerial or OSM models; this one takes {modality!r} maps")
     center = raster.center_latlon()
     frame = LocalFrame.from_center(lat=center.lat, lon=center.lon)
     size = int(model_config["aerial_size"])
     if extent_m is not None:
-        return ChipGeometry(frame, size, float(extent_m), "user")
+        return ChipGeometry(frame, size, float(extent_m), "user", modality)
     if model_config.get("aerial_extent_m") is not None:
-        return ChipGeometry(frame, size, float(model_config["aerial_extent_m"]), "model-config")
-    return ChipGeometry(frame, size, vigor_tile_extent_m(lat=center.lat), "vigor-zoom20-tile")
+        return ChipGeometry(frame, size, float(model_config["aerial_extent_m"]), "model-config", modality)
+    return ChipGeometry(frame, size, vigor_tile_extent_m(lat=center.lat), "vigor-zoom20-tile", modality)
 
 
 # ---- the map's fingerprint ---------------------------------------------------------------------------------
@@ -198,13 +212,14 @@ def _rgb(raster: GeoRaster) -> GeoRaster:
 
 
 def working_raster(raster: GeoRaster, geometry: ChipGeometry) -> GeoRaster:
-    """The map warped into the chip frame at the chip's pixel size (``average`` when downsampling) or at the
-    map's own pixel size when that is coarser (``bilinear``)."""
-    rgb = _rgb(raster)
-    native_m = native_pixel_size(rgb.crs, rgb.transform, rgb.width, rgb.height, geometry.frame.crs)
+    """The map warped into the chip frame at the chip's pixel size (``average`` when downsampling; class rasters
+    ``mode``) or at the map's own pixel size when that is coarser (``bilinear``; class rasters ``nearest``)."""
+    classes = geometry.modality == "osm"
+    source = raster if classes else _rgb(raster)
+    native_m = native_pixel_size(source.crs, source.transform, source.width, source.height, geometry.frame.crs)
     if native_m < 0.99 * geometry.gsd_m:
-        return rgb.reproject(geometry.frame.crs, geometry.gsd_m, resampling="average")
-    return rgb.reproject(geometry.frame.crs, native_m, resampling="bilinear")
+        return source.reproject(geometry.frame.crs, geometry.gsd_m, resampling="mode" if classes else "average")
+    return source.reproject(geometry.frame.crs, native_m, resampling="nearest" if classes else "bilinear")
 
 
 class ChipSampler:
@@ -220,7 +235,8 @@ class ChipSampler:
 
     def __init__(self, raster: GeoRaster, geometry: ChipGeometry) -> None:
         self.geometry = geometry
-        self.value_scale = _value_scale(raster)
+        self.classes = geometry.modality == "osm"
+        self.value_scale = 1.0 if self.classes else _value_scale(raster)
         self.raster = working_raster(raster, geometry)
 
     def crop(
@@ -240,13 +256,16 @@ class ChipSampler:
             device: torch device of the sampling and of the results (default CPU).
 
         Returns:
-            chips: (N, 3, S, S) float32 in [0, 1] (0 where invalid).
+            chips: (N, 3, S, S) float32 in [0, 1] (0 where invalid); OSM: (N, G, S, S) whole class indices.
             valid: (N, S, S) bool.
         """
         size = self.geometry.size_px if size_px is None else int(size_px)
+        resampling = "nearest" if self.classes else "bilinear"
         chips, valid = self.raster.crop(
-            centers_xy, size, self.geometry.gsd_m, heading_deg, resampling="bilinear", device=device
+            centers_xy, size, self.geometry.gsd_m, heading_deg, resampling=resampling, device=device
         )
+        if self.classes:
+            return chips, valid  # whole class indices (0 where invalid: "nothing")
         return chips.mul_(1.0 / self.value_scale).clamp_(0.0, 1.0), valid
 
     def iter_chips(

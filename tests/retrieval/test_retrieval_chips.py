@@ -194,10 +194,11 @@ def test_uint16_and_float_maps_scale_to_unit_range_and_bad_maps_fail():
         ChipSampler(GeoRaster(array=rgb[:1], crs="EPSG:32632", transform=transform), geometry)
 
 
-def test_osm_models_are_refused(raster):
-    config = dict(tiny_config(), map_modality="osm")
-    with pytest.raises(ConfigError, match="RGB aerial"):
-        chip_geometry_for_model(config, raster)
+def test_osm_models_get_class_chips_and_other_modalities_are_refused(raster):
+    assert chip_geometry_for_model(dict(tiny_config(), map_modality="osm"), raster).modality == "osm"
+    assert chip_geometry_for_model(tiny_config(), raster).modality == "aerial"
+    with pytest.raises(ConfigError, match="aerial or OSM"):
+        chip_geometry_for_model(dict(tiny_config(), map_modality="lidar"), raster)
 
 
 # ---- fingerprint ---------------------------------------------------------------------------------------------
