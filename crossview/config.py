@@ -76,6 +76,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "keep_checkpoints": 3,  # epoch-NNN.pt files kept besides last.pt (0: only last.pt)
         "trainable": None,  # null (everything) or the parameter name prefixes to train, e.g. [ground_decoder]
         "init_from": None,  # a checkpoint path or registered model name whose weights start the run (fine-tuning)
+        "init_partial": False,  # init_from another model (e.g. aerial -> OSM): take the tensors of equal name and shape
     },
     "log": {
         "every_steps": 10,  # optimizer steps between rows of metrics.csv (and TensorBoard points)
@@ -286,6 +287,7 @@ def validate_config(config: Mapping[str, Any]) -> None:
         trainable,
         "null or a non-empty list of parameter name prefixes",
     )
+    _check(isinstance(train["init_partial"], bool), "train.init_partial", train["init_partial"], "true or false")
     init_from = train["init_from"]
     _check(
         init_from is None or (isinstance(init_from, str) and init_from),

@@ -717,15 +717,27 @@ def build_model(config: Mapping[str, Any], *, pretrained: bool = True) -> nn.Mod
     init_from = config["train"].get("init_from")
     model = model_from_config(resolved, load_pretrained=pretrained and not init_from)
     if init_from and pretrained:
-        _load_initial_weights(model, resolved, init_from)
+        _load_initial_weights(model, resolved, init_from, partial=bool(config["train"].get("init_partial")))
     return model
 
 
-def _load_initial_weights(model: nn.Module, resolved: Mapping[str, Any], init_from: str) -> None:
-    """Start from a checkpoint's weights (``train.init_from``); its model config must equal the run's."""
+def _load_initial_weights(
+    model: nn.Module, resolved: Mapping[str, Any], init_from: str, *, partial: bool = False
+) -> None:
+    """Start from a checkpoint's weights (``train.init_from``); its model config must equal the run's, unless
+    ``partial`` (``train.init_partial``): then every tensor of the same name and shape is taken (e.g. an aerial
+    model's ground branch and decoders for an OSM model) and the rest keeps its initialisation."""
     from crossview.checkpoints import CheckpointError, load_checkpoint
 
     checkpoint = load_checkpoint(init_from)
+    if partial:
+        own = model.state_dict()
+        taken = {k: v for k, v in checkpoint.state_dict.items() if k in own and own[k].shape == v.shape}
+        if not taken:
+            raise ConfigError(f"train.init_from={init_from}: no tensor of its weights fits the model")
+        model.load_state_dict(taken, strict=False)
+        print(f"train.init_from={init_from}: {len(taken)} of {len(own)} tensors taken (init_partial)", file=sys.stderr)
+        return
     if checkpoint.model_config != dict(resolved):
         differing = sorted(
             key

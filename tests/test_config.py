@@ -116,6 +116,7 @@ def test_a_section_cannot_be_replaced_by_a_value():
         ("train.amp=yes please", "train.amp"),
         ("seed=-1", "seed"),
         ("train.epochs=true", "train.epochs"),
+        ("train.init_partial=3", "train.init_partial"),
     ],
 )
 def test_invalid_values_name_the_key(override, key):

@@ -391,6 +391,14 @@ def test_init_from_starts_a_run_from_a_checkpoints_weights(tree, tmp_path):
     second = tmp_path / "second"
     assert _train(tree, second, *options, f"train.init_from={first / 'last.pt'}") == 0
     assert load_checkpoint(second / "last.pt").config["train"]["init_from"] == str(first / "last.pt")
+    # init_partial: another model (an OSM one) takes every tensor of equal name and shape, the rest is its own.
+    config["train"]["init_partial"] = True
+    config["model"] = {**source.config["model"], "name": "safa-resnet18-lite-osm"}
+    osm = build_model(config).state_dict()
+    taken = [k for k, v in source.state_dict.items() if k in osm and osm[k].shape == v.shape]
+    assert any(k.startswith("ground_backbone") for k in taken) and any(k.startswith("aerial_decoder") for k in taken)
+    assert all(torch.equal(osm[k], source.state_dict[k]) for k in taken)
+    assert any(k.startswith("map_input") for k in osm) and len(taken) < len(osm)
 
 
 # ---- OSM class tiles (data.map=osm) --------------------------------------------------------------------------
