@@ -222,6 +222,7 @@ STAGES: dict[str, Callable[[BenchConfig], dict[str, Any]]] = {
     "index_build": _lazy("crossview.retrieval.benchmark", "bench_index_build"),
     "index_query": _lazy("crossview.retrieval.benchmark", "bench_index_query"),
     "refiner": _lazy("crossview.refinement.benchmark", "bench_refiner"),
+    "dense_search": _lazy("crossview.bench_pipeline", "bench_dense_search"),
     "locate": _lazy("crossview.bench_pipeline", "bench_locate"),
 }
 

@@ -2,6 +2,9 @@
 
 * ``encoder``: images per second through the shipped model's ground branch (panoramas, pinholes) and aerial
   branch (chips), batched and one at a time;
+* ``dense_search``: the exhaustive search of one image over a 100 m prior disc (64 bird's-eye-view templates
+  correlated with the map's finest features; sizes of the shipped model on a VIGOR-size map at 60 deg latitude):
+  templates, FFT correlation and peaks, against a direct ``conv2d`` correlation;
 * ``locate``: ``crossview locate`` end to end on a synthetic town (index built first, timed separately) with
   100 m priors: images per second, and the peak resident memory of the locate process (run as a subprocess so
   that the figure is its own).
@@ -52,6 +55,45 @@ def bench_encoder(config: BenchConfig) -> dict[str, Any]:
         "settings": {"model": MODEL, "batch": batch, "threads": torch.get_num_threads()},
         "variants": variants,
         "ratios": {"aerial_batched_over_single": round(ratio, 2)},
+    }
+
+
+def bench_dense_search(config: BenchConfig) -> dict[str, Any]:
+    """Milliseconds per image of the dense search over a 100 m disc (quick: 50 m), FFT against direct."""
+    import math
+
+    import torch.nn.functional as F
+
+    from crossview.geometry.cameras import PanoramaCamera
+    from crossview.retrieval.dense import DEFAULT_MAX_RANGE_M, bev_templates, correlate, find_peaks
+
+    radius_m, cell_m, channels = (50.0 if config.quick else 100.0), 1.11, 16  # synth-v2's finest level at 60 deg
+    headings = torch.arange(64, dtype=torch.float32) * (2 * math.pi / 64)
+    generator = torch.Generator().manual_seed(0)
+    ground = F.normalize(torch.randn(1, channels, 16, 64, generator=generator), dim=1)
+    confidence = torch.rand(1, 1, 16, 64, generator=generator)
+    reach = math.ceil(DEFAULT_MAX_RANGE_M / cell_m)
+    side = 2 * (math.ceil(radius_m / cell_m) + 1) + 1
+    map_features = F.normalize(torch.randn(channels, side, side, generator=generator), dim=0)
+    allowed = torch.ones(side, side, dtype=torch.bool)
+
+    def search_fft() -> object:
+        templates = bev_templates(ground, confidence, PanoramaCamera(64, 16), 2.0, cell_m=cell_m, headings_rad=headings)
+        return find_peaks(correlate(map_features, templates), allowed, 3, min_separation_cells=5)
+
+    templates = bev_templates(ground, confidence, PanoramaCamera(64, 16), 2.0, cell_m=cell_m, headings_rad=headings)
+
+    def correlate_direct() -> object:
+        return F.conv2d(map_features[None], templates.features, padding=reach)
+
+    with torch.inference_mode():
+        fft = batch_figures(time_call(search_fft, config), 1)
+        direct = batch_figures(time_call(correlate_direct, config), 1)
+    return {
+        "unit": "images",
+        "settings": {"radius_m": radius_m, "cell_m": cell_m, "cells": side, "template_cells": 2 * reach + 1},
+        "variants": {"fft_search": fft, "direct_conv2d_correlation_only": direct},
+        "ratios": {"fft_search_over_direct": round(direct["ms_per_batch"] / fft["ms_per_batch"], 2)},
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,6 +24,19 @@ def run_module(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "crossview", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_dense_search_stage_times_the_fft_search_against_direct_correlation(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--stages", "dense_search", "--out", str(out)]) == 0
+    figures = json.loads(out.read_text(encoding="utf-8"))["stages"]["dense_search"]
+    assert set(figures["variants"]) == {"fft_search", "direct_conv2d_correlation_only"}
+    assert figures["settings"]["cells"] == 2 * (math.ceil(50.0 / figures["settings"]["cell_m"]) + 1) + 1
+    fft, direct = figures["variants"]["fft_search"], figures["variants"]["direct_conv2d_correlation_only"]
+    assert fft["ms_per_batch"] > 0 and direct["ms_per_batch"] > 0
+    assert figures["ratios"]["fft_search_over_direct"] == pytest.approx(
+        direct["ms_per_batch"] / fft["ms_per_batch"], rel=0.01
     )
 
 

@@ -115,16 +115,16 @@ def _sample(image: Tensor, uv: Tensor, *, wrap: bool) -> Tensor:
         image = torch.cat([image[..., -1:], image, image[..., :1]], dim=-1)
         u = torch.remainder(u, width) + 1.0
         width += 2
-    grid = torch.stack([2.0 * u / width - 1.0, 2.0 * uv[..., 1] / height - 1.0], dim=-1)
-    image = image.expand(len(uv), -1, -1, -1)
-    return F.grid_sample(image, grid[:, None], mode="bilinear", padding_mode="zeros", align_corners=False)[:, :, 0]
+    grid = torch.stack([2.0 * u / width - 1.0, 2.0 * uv[..., 1] / height - 1.0], dim=-1)  # (N, P, 2)
+    sampled = F.grid_sample(image, grid[None], mode="bilinear", padding_mode="zeros", align_corners=False)
+    return sampled[0].transpose(0, 1)  # one image, every heading's points at once: (C, N, P) -> (N, C, P)
 
 
 def correlate(map_features: Tensor, templates: BevTemplates) -> Tensor:
     """Mean feature similarity of every template placed at every cell of a feature raster.
 
     ``scores[n, r, c] = sum_{i, j} <map[:, r + i - h, c + j - h], T[n, :, i, j]> / sum_{i, j} w[n, i, j]``
-    with h = k // 2 and the map zero outside; computed with FFTs of side S + k.
+    with h = k // 2 and the map zero outside; computed with FFTs of side :func:`fft_size` (S + k).
 
     Args:
         map_features: (C, S_r, S_c) north-up feature raster (cells of ``templates.cell_m``).
@@ -135,13 +135,27 @@ def correlate(map_features: Tensor, templates: BevTemplates) -> Tensor:
     """
     rows, cols = map_features.shape[-2:]
     k, half = templates.features.shape[-1], templates.radius_cells
-    size = (rows + k, cols + k)
+    size = (fft_size(rows + k), fft_size(cols + k))
     spectrum_map = torch.fft.rfft2(map_features.float(), s=size)
     spectrum_templates = torch.fft.rfft2(templates.features.float(), s=size)
     circular = torch.fft.irfft2((spectrum_map[None] * spectrum_templates.conj()).sum(dim=1), s=size)
     scores = torch.roll(circular, shifts=(half, half), dims=(-2, -1))[:, :rows, :cols]
     total_weight = templates.weights.sum(dim=(1, 2, 3)).clamp(min=1e-6)
     return scores / total_weight[:, None, None]
+
+
+def fft_size(minimum: int) -> int:
+    """The smallest 2-3-5-smooth integer >= ``minimum`` (FFTs of such sizes are fast; a large prime factor makes
+    them several times slower)."""
+    size = max(1, int(minimum))
+    while True:
+        rest = size
+        for factor in (2, 3, 5):
+            while rest % factor == 0:
+                rest //= factor
+        if rest == 1:
+            return size
+        size += 1
 
 
 @dataclass(frozen=True)
