@@ -327,6 +327,7 @@ class Localizer:
         if search not in SEARCH_MODES:
             raise LocateError(f"--search {search!r}: must be one of {', '.join(SEARCH_MODES)}")
         self.search, self.dense_area, self._shared_raster = search, dense_area, None
+        self._cell_px: int | None = None
         self.model, self.table, self.model_name, self.top_k = model, table, model_name, int(top_k)
         self.decode, self.batch_size, self.workers, self.device = decode, int(batch_size), int(workers), device
         self.refiner_config = refiner_config or RefinerConfig()
@@ -443,14 +444,15 @@ class Localizer:
         margin = best_score - max(rivals) if rivals else best_score
         return Candidates(np.array([-1]), best_xy[None], np.array([margin]), np.array([best_heading]))
 
-    @functools.cache  # noqa: B019 (one localizer per run)
     def _map_stride(self) -> int:
-        """Map pixels per cell of the finest refinement level."""
-        size = self.chip_px
-        with torch.inference_mode():
-            probe = torch.zeros(1, 3, size, size, device=self.device)
-            feats, _ = self.model.aerial_decoder(self.model.aerial_backbone(self.model.map_input(probe)))
-        return size // feats[-1].shape[-1]
+        """Map pixels per cell of the finest refinement level (measured once on a blank chip)."""
+        from crossview.retrieval.feature_raster import finest_level
+
+        if self._cell_px is None:
+            with torch.inference_mode():
+                blank = torch.zeros(1, 3, self.chip_px, self.chip_px, device=self.device)
+                self._cell_px = self.chip_px // finest_level(self.model, blank).shape[-1]
+        return self._cell_px
 
     def _heading_allowed(self, headings_rad: Tensor, prior: Prior) -> Tensor:
         """(N, 1, 1) bool: the headings within the heading prior's tolerance (all without one)."""

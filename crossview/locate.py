@@ -271,7 +271,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior-radius", dest="prior_radius_m", type=float, default=DEFAULT_PRIOR_RADIUS_M)
     parser.add_argument("--priors", help="CSV of per-image priors: image,lat,lon[,radius_m][,heading_deg]")
     parser.add_argument("--no-exif-prior", dest="exif_prior", action="store_false", help="ignore EXIF GPS/heading")
-    parser.add_argument("--top-k", dest="top_k", type=int, default=DEFAULT_TOP_K, help="candidates refined per image")
+    parser.add_argument(
+        "--top-k",
+        dest="top_k",
+        type=int,
+        default=DEFAULT_TOP_K,
+        help="retrieved chips per image (--search retrieval, or the discs searched densely without a small prior)",
+    )
     parser.add_argument(
         "--search",
         choices=("dense", "retrieval"),

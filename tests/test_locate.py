@@ -120,6 +120,15 @@ def test_csv_output_matches_the_geojson(town, tmp_path):
     assert [r.to_dict() for r in from_csv] == [r.to_dict() for r in from_geojson]
 
 
+def test_retrieval_search_refines_the_retrieved_chips(town, tmp_path):
+    out = tmp_path / "retrieval.geojson"
+    assert _locate(town, out, town / "panorama", extra=("--search", "retrieval")) == 0
+    results, meta = read_results(out)
+    assert meta["settings"]["search"] == "retrieval" and [r.status for r in results] == ["ok"] * 4
+    errors = pose_errors(results, town / "poses.csv")
+    assert max(e.position_m for e in errors) < 40.0  # inside each prior disc (LM stays near its chip)
+
+
 def test_unusable_inputs_fail_before_any_image(town, tmp_path, capsys):
     out = tmp_path / "never.geojson"
     image = next((town / "panorama").iterdir())
