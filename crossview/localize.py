@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from crossview.encoders import check_map_modality
+from crossview.encoders.decoder import LEVEL_STRIDES
 from crossview.errors import CrossviewError
 from crossview.export.records import CameraInfo, ImageResult, Prior, pose_uncertainty
 from crossview.geometry.frames import LocalFrame
@@ -59,7 +60,7 @@ DENSE_MAX_RADIUS_M = 250.0
 """Priors up to this radius are searched densely over their whole disc; wider priors (or none) are searched
 densely around the retrieved chips."""
 DENSE_PEAKS = 3
-"""Poses of the dense search refined per image."""
+"""Peaks kept per searched disc: the best is the candidate, the others its rivals for the margin (the score)."""
 DENSE_PEAK_SEPARATION_M = 6.0
 DENSE_HEADINGS = 64
 DENSE_REFINE_ITERATIONS = (0, 0, 10)
@@ -76,6 +77,8 @@ DENSE_WHOLE_MAP_MAX_KM2 = 0.25
 """Images without a prior are searched densely over the whole map when it is this small (a correlation over
 0.25 km^2 takes about a second on 2 cores); larger maps are searched around the retrieved chips."""
 SEARCH_MODES = ("dense", "retrieval")
+FINEST_STRIDE_PX = LEVEL_STRIDES[-1]
+"""Map pixels per cell of the finest refinement level (what the dense search correlates)."""
 
 
 # ---- per-image priors from a CSV ---------------------------------------------------------------------------
@@ -174,8 +177,7 @@ def encode_chip_columns(model: Any, sampler: Any, centers_xy: np.ndarray, device
     """(N, Dc, Wc) aerial column features of chips cut at ``centers_xy`` (batched, no gradients)."""
     out = []
     with torch.inference_mode():
-        for start in range(0, len(centers_xy), CHIP_BATCH):
-            chips, _ = sampler.crop(centers_xy[start : start + CHIP_BATCH], device=device)
+        for _, chips, _ in sampler.iter_chips(centers_xy, batch_size=CHIP_BATCH, device=device):
             out.append(model.encode_aerial(chips).columns.float().cpu())
     if not out:
         return torch.zeros(0)
@@ -297,6 +299,13 @@ class Candidates:
     centers_xy: np.ndarray
     scores: np.ndarray
     heading_deg: np.ndarray
+    dense: bool = False  # poses of the dense search (ids are -1), not retrieved chip centres
+
+
+def within_heading_tolerance(headings_deg: Tensor, prior_deg: float) -> Tensor:
+    """(N,) bool: headings within :data:`HEADING_PRIOR_TOLERANCE_DEG` of a heading prior (degrees, circular)."""
+    diff = torch.remainder(headings_deg - float(prior_deg) + 180.0, 360.0) - 180.0
+    return diff.abs() <= HEADING_PRIOR_TOLERANCE_DEG
 
 
 @dataclass(frozen=True)
@@ -332,7 +341,6 @@ class Localizer:
         if search not in SEARCH_MODES:
             raise LocateError(f"--search {search!r}: must be one of {', '.join(SEARCH_MODES)}")
         self.search, self.dense_area, self._shared_raster = search, dense_area, None
-        self._cell_px: int | None = None
         self.model, self.table, self.model_name, self.top_k = model, table, model_name, int(top_k)
         self.decode, self.batch_size, self.workers, self.device = decode, int(batch_size), int(workers), device
         self.refiner_config = refiner_config or RefinerConfig()
@@ -375,8 +383,7 @@ class Localizer:
 
     def _heading_penalty(self, heading_deg: float) -> Tensor:
         shifts_deg = torch.arange(self.total_columns, dtype=torch.float32) * 360.0 / self.total_columns
-        diff = torch.remainder(shifts_deg - float(heading_deg) + 180.0, 360.0) - 180.0
-        return torch.where(diff.abs() <= HEADING_PRIOR_TOLERANCE_DEG, 0.0, -10.0)
+        return torch.where(within_heading_tolerance(shifts_deg, heading_deg), 0.0, -10.0)
 
     def _prior_xy(self, prior: Prior) -> tuple[float, float, float | None]:
         if prior.lat is None or prior.radius_m is None:
@@ -388,12 +395,11 @@ class Localizer:
     def ground_levels(self, pixels: Tensor, camera: CameraInfo) -> tuple[list[Tensor], list[Tensor], Any]:
         """The three refinement levels of one image: features (1, C, H_l, W_l), confidences (1, 1, H_l, W_l) and
         the camera at the model input's size."""
-        from crossview.encoders.circular import circular_width
         from crossview.geometry.cameras import PanoramaCamera, PinholeCamera
 
         images = pixels[None].to(self.device)
-        with torch.inference_mode(), circular_width(camera.model == "panorama"):
-            feats, confs = self.model.ground_decoder(self.model.ground_backbone(self.model.ground_input(images)))
+        with torch.inference_mode():
+            feats, confs = self.model.ground_refinement_features(images, camera=camera.model)
         height_px, width_px = images.shape[-2:]
         if camera.model == "panorama":
             cam = PanoramaCamera(width_px, height_px)
@@ -401,16 +407,26 @@ class Localizer:
             cam = PinholeCamera.from_hfov(width_px, height_px, float(camera.hfov_deg))
         return [f.float() for f in feats], [c.float() for c in confs], cam
 
+    def dense_areas(self, prior: Prior) -> list[tuple[float, float, float]] | None:
+        """The discs (x, y, radius in grid metres) the dense search covers without retrieval: a small prior's
+        disc, or the whole shared map for an image without a prior; None when retrieval chooses the places
+        (``--search retrieval``, a wide prior, a large map)."""
+        if self.search != "dense":
+            return None
+        x, y, radius = self._prior_xy(prior)
+        if radius is not None and radius <= DENSE_MAX_RADIUS_M:
+            return [(x, y, radius)]
+        if radius is None and self.dense_area is not None and self.dense_area.whole_map:
+            return [(x, y, math.inf)]
+        return None
+
     def find_candidates(self, ground: Any, index: int, levels: Any, item: Decoded) -> Candidates | None:
         """Candidate poses of one image: the dense search over a small prior disc, or over the whole map without
         a prior when the map's feature raster holds it; otherwise retrieved chips (``--search retrieval``), or
         the dense search in small discs around them. None when no map is in reach."""
-        x, y, radius = self._prior_xy(item.prior)
-        if self.search == "dense":
-            if radius is not None and radius <= DENSE_MAX_RADIUS_M:
-                return self.dense_candidates(levels, item.camera, item.prior, [(x, y, radius)])
-            if radius is None and self.dense_area is not None and self.dense_area.whole_map:
-                return self.dense_candidates(levels, item.camera, item.prior, [(x, y, math.inf)])
+        areas = self.dense_areas(item.prior)
+        if areas is not None:
+            return self.dense_candidates(levels, item.camera, item.prior, areas)
         found = self.candidates(ground, index, item.prior)
         if found is None or self.search != "dense":
             return found
@@ -434,7 +450,7 @@ class Localizer:
             confs[-1],
             level_camera,
             float(camera.height_m),
-            cell_m=self.chip_gsd_m * self._map_stride(),
+            cell_m=self.chip_gsd_m * FINEST_STRIDE_PX,
             headings_rad=headings,
         )
         heading_ok = self._heading_allowed(headings, prior)
@@ -447,31 +463,20 @@ class Localizer:
         best_xy, best_heading, best_score = peaks[0]
         rivals = [p[2] for p in peaks[1:] if np.hypot(*(p[0] - best_xy)) >= DENSE_PEAK_SEPARATION_M]
         margin = best_score - max(rivals) if rivals else best_score
-        return Candidates(np.array([-1]), best_xy[None], np.array([margin]), np.array([best_heading]))
-
-    def _map_stride(self) -> int:
-        """Map pixels per cell of the finest refinement level (measured once on a blank chip)."""
-        from crossview.retrieval.feature_raster import finest_level
-
-        if self._cell_px is None:
-            with torch.inference_mode():
-                blank = torch.zeros(1, 3, self.chip_px, self.chip_px, device=self.device)
-                self._cell_px = self.chip_px // finest_level(self.model, blank).shape[-1]
-        return self._cell_px
+        return Candidates(np.array([-1]), best_xy[None], np.array([margin]), np.array([best_heading]), dense=True)
 
     def _heading_allowed(self, headings_rad: Tensor, prior: Prior) -> Tensor:
         """(N, 1, 1) bool: the headings within the heading prior's tolerance (all without one)."""
         if prior.heading_deg is None:
             return torch.ones(len(headings_rad), 1, 1, dtype=torch.bool)
-        diff = torch.remainder(torch.rad2deg(headings_rad) - float(prior.heading_deg) + 180.0, 360.0) - 180.0
-        return (diff.abs() <= HEADING_PRIOR_TOLERANCE_DEG)[:, None, None]
+        return within_heading_tolerance(torch.rad2deg(headings_rad), prior.heading_deg)[:, None, None]
 
     def feature_raster(self, x_m: float, y_m: float, radius_m: float, reach_m: float) -> Any:
         """The map's finest features around a disc: the raster shared by the run when there is one (encoded on
         first use), else one encoded for this disc."""
         from crossview.retrieval.feature_raster import encode_feature_raster
 
-        common = {"cell_px": self._map_stride(), "device": self.device}
+        common = {"cell_px": FINEST_STRIDE_PX, "device": self.device}
         if self.dense_area is not None:
             if self._shared_raster is None:
                 area = self.dense_area
@@ -527,11 +532,11 @@ class Localizer:
         g_feats, g_confs, cam = ground
         chips, _ = self.table.sampler.crop(found.centers_xy, device=self.device)
         with torch.inference_mode():
-            c_feats, c_confs = model.aerial_decoder(model.aerial_backbone(model.map_input(chips)))
+            c_feats, c_confs = model.map_refinement_features(chips)
         init = torch.zeros(k, 3, dtype=torch.float64)
         init[:, 2] = torch.from_numpy(np.deg2rad(found.heading_deg))
         config = self.refiner_config
-        if (found.ids < 0).all():  # dense-search poses: the finest level only
+        if found.dense:  # dense-search poses: the finest level only
             config = dataclasses.replace(config, iterations=DENSE_REFINE_ITERATIONS)
         result = refine_candidates(
             g_feats,
@@ -569,12 +574,12 @@ class Localizer:
             )
             return ImageResult.failed(item.image, f"no map chip within {where}", **common)
         refined = self.refine(levels, item.camera, found)
-        dense = bool((found.ids < 0).all())
+        dense = found.dense
         if dense and float(np.hypot(*refined["pose_local"][:2])) > DENSE_MAX_REFINE_SHIFT_M:
             refined["failed"] = True
         if refined["failed"]:
             offset, heading_true, center = np.zeros(2), float(found.heading_deg[0]), found.centers_xy[0]
-            spacing_m = self.chip_gsd_m * self._map_stride() if dense else self.stride_m
+            spacing_m = self.chip_gsd_m * FINEST_STRIDE_PX if dense else self.stride_m
             bin_deg = 360.0 / (DENSE_HEADINGS if dense else self.total_columns)
             cov = np.diag([spacing_m**2 / 6.0] * 2 + [math.radians(bin_deg) ** 2 / 12.0])
             score = float(found.scores[0]) * 0.5
@@ -598,21 +603,11 @@ class Localizer:
             **common,
         )
 
-    def _offset_to_grid(self, center_xy: np.ndarray, offset_true_m: np.ndarray) -> np.ndarray:
-        """Chip centre (grid) + offset (east, true north, ground metres) -> (2,) grid x, y."""
-        frame = self.table.frame
-        lat0, lon0 = frame.to_latlon(float(center_xy[0]), float(center_xy[1]))
-        gamma = math.radians(float(frame.convergence_deg(lat=lat0, lon=lon0)))
-        scale = float(frame.scale_factor(lat=lat0, lon=lon0))
-        east, north = float(offset_true_m[0]), float(offset_true_m[1])
-        dx = scale * (east * math.cos(gamma) - north * math.sin(gamma))
-        dy = scale * (north * math.cos(gamma) + east * math.sin(gamma))
-        return np.array([float(center_xy[0]) + dx, float(center_xy[1]) + dy])
-
     def _to_latlon(self, center_xy: np.ndarray, offset_true_m: np.ndarray) -> tuple[float, float]:
         """Chip centre (grid) + offset (east, true north, ground metres) -> WGS84."""
-        x, y = self._offset_to_grid(center_xy, offset_true_m)
-        lat, lon = self.table.frame.to_latlon(float(x), float(y))
+        frame = self.table.frame
+        x, y = frame.ground_offset_to_grid(center_xy[0], center_xy[1], offset_true_m[0], offset_true_m[1])
+        lat, lon = frame.to_latlon(x, y)
         return float(lat), float(lon)
 
     # ---- batches -------------------------------------------------------------------------------------------
@@ -629,12 +624,9 @@ class Localizer:
                 key = (item.camera.model, round(item.camera.hfov_deg or 0.0, 3), tuple(item.pixels.shape))
                 groups.setdefault(key, []).append(i)
         for (camera_model, hfov, _), members in groups.items():
-            images = torch.stack([items[i].pixels for i in members]).to(self.device)
-            with torch.inference_mode():
-                ground = self.model.encode_ground(
-                    images, camera=camera_model, hfov_deg=None if camera_model == "panorama" else hfov
-                )
-            ground.columns, ground.column_fov = ground.columns.float().cpu(), ground.column_fov.float().cpu()
+            ground = None  # the retrieval encoding, only when some image of the group needs retrieval
+            if any(self.dense_areas(items[i].prior) is None for i in members):
+                ground = self._encode_ground([items[i].pixels for i in members], camera_model, hfov)
             for j, i in enumerate(members):
                 try:
                     results[i] = self.result_for(items[i], ground, j)
@@ -643,6 +635,16 @@ class Localizer:
                         items[i].image, str(error), prior=items[i].prior, model=self.model_name, map=self.map_name
                     )
         return [results[i] for i in range(len(items))]
+
+    def _encode_ground(self, pixels: list[Tensor], camera_model: str, hfov_deg: float) -> Any:
+        """The batched retrieval encoding (descriptors and azimuth columns, on the CPU) of a group of images."""
+        images = torch.stack(pixels).to(self.device)
+        with torch.inference_mode():
+            ground = self.model.encode_ground(
+                images, camera=camera_model, hfov_deg=None if camera_model == "panorama" else hfov_deg
+            )
+        ground.columns, ground.column_fov = ground.columns.float().cpu(), ground.column_fov.float().cpu()
+        return ground
 
     def run(self, images: Sequence[str], *, skip: set[str]) -> Iterator[ImageResult]:
         """Yield the record of every image not in ``skip``, chunk by chunk (chunks are fixed slices of

@@ -405,15 +405,13 @@ class TrainStep(nn.Module):
     ) -> Any:
         """Dense correspondence loss on the refinement features (:mod:`crossview.correspondence_loss`)."""
         from crossview.correspondence_loss import correspondence_loss
-        from crossview.encoders.circular import circular_width
 
         model = self.model
         size = (model.config["pano_height"], model.config["pano_width"])
         if tuple(pano.shape[-2:]) != size:
             pano = F.interpolate(pano, size=size, mode="bilinear", align_corners=False, antialias=True)
-        with circular_width(True):
-            ground, _ = model.ground_decoder(model.ground_backbone(model.ground_input(pano)))
-        tile, _ = model.aerial_decoder(model.aerial_backbone(model.map_input(aerial)))
+        ground, _ = model.ground_refinement_features(pano, camera="panorama")
+        tile, _ = model.map_refinement_features(aerial)
         heading = torch.zeros(pano.shape[0], device=pano.device) if heading_deg is None else heading_deg
         return correspondence_loss(
             ground,

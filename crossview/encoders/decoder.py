@@ -17,6 +17,10 @@ from crossview.encoders.circular import WrapConv2d
 __all__ = ["RefinementDecoder"]
 
 
+LEVEL_STRIDES = (16, 8, 4)
+"""Input pixels per cell of the three refinement levels, coarse to fine (the backbones' strides 16, 8 and 4)."""
+
+
 class RefinementDecoder(nn.Module):
     """FPN decoder: backbone features (strides 4, 8, 16) -> 3 levels of features and confidences.
 

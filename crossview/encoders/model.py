@@ -310,15 +310,25 @@ class CrossViewModel(nn.Module):
             (strides 16, 8, 4): features (B, C_l, H_l, W_l) with unit L2 norm over channels, confidences
             (B, 1, H_l, W_l) in (0, 1). ``C_l`` is ``config["refine_channels"]``.
         """
-        _check_images(ground_images)
+        ground_features, ground_confidences = self.ground_refinement_features(ground_images, camera=camera)
+        chip_features, chip_confidences = self.map_refinement_features(chips)
+        return ground_features, ground_confidences, chip_features, chip_confidences
+
+    def ground_refinement_features(
+        self, images: Tensor, *, camera: str = "panorama"
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """The ground half of :meth:`refinement_features`: 3 levels of features and confidences of (B, 3, H, W)
+        images in [0, 1] (a panorama's width wraps around)."""
+        _check_images(images)
         if camera not in CAMERAS:
             raise CameraError(f"camera must be one of {', '.join(CAMERAS)}, got {camera!r}")
         with circular_width(camera == "panorama"):
-            ground_levels = self.ground_backbone(self.ground_input(ground_images))
-            ground_features, ground_confidences = self.ground_decoder(ground_levels)
-        chip_levels = self.aerial_backbone(self.map_input(chips))
-        chip_features, chip_confidences = self.aerial_decoder(chip_levels)
-        return ground_features, ground_confidences, chip_features, chip_confidences
+            return self.ground_decoder(self.ground_backbone(self.ground_input(images)))
+
+    def map_refinement_features(self, chips: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """The map half of :meth:`refinement_features`: 3 levels of features and confidences of (B, C, S, S)
+        north-up chips of the config's map modality."""
+        return self.aerial_decoder(self.aerial_backbone(self.map_input(chips)))
 
 
 def _check_images(images: Tensor) -> None:

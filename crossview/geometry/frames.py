@@ -202,6 +202,20 @@ def geodesic_destination(
 # ---- UTM zone selection ------------------------------------------------------------------------------------
 
 
+def true_offset_to_grid(east_m: float, north_m: float, *, convergence_rad: float, scale: float) -> tuple[float, float]:
+    """A ground offset (east, TRUE north, metres) -> the grid offset (dx, dy) of a projected frame whose grid
+    north lies ``convergence_rad`` clockwise of true north and whose point scale factor is ``scale``."""
+    cos_g, sin_g = math.cos(convergence_rad), math.sin(convergence_rad)
+    return scale * (east_m * cos_g - north_m * sin_g), scale * (north_m * cos_g + east_m * sin_g)
+
+
+def grid_offset_to_true(dx_m: float, dy_m: float, *, convergence_rad: float, scale: float) -> tuple[float, float]:
+    """The inverse of :func:`true_offset_to_grid`: grid offset -> (east, true north) ground metres."""
+    cos_g, sin_g = math.cos(convergence_rad), math.sin(convergence_rad)
+    dx, dy = dx_m / scale, dy_m / scale
+    return dx * cos_g + dy * sin_g, dy * cos_g - dx * sin_g
+
+
 def _utm_zone(lat: float, lon: float) -> int:
     zone = min(math.floor((lon + 180.0) / 6.0) + 1, 60)  # lon = 180 belongs to zone 60
     if 56.0 <= lat < 64.0 and 3.0 <= lon < 12.0:  # band V: south-western Norway
@@ -438,6 +452,15 @@ class LocalFrame:
         """
         heading = _finite_array(heading_deg, "heading_deg")
         return wrap_heading_deg(heading + self.convergence_deg(lat=lat, lon=lon))
+
+    def ground_offset_to_grid(self, x_m: float, y_m: float, east_m: float, north_m: float) -> tuple[float, float]:
+        """The grid point ``(east_m, north_m)`` ground metres (east, TRUE north) from grid point (x_m, y_m), with
+        the convergence and scale factor of (x_m, y_m) (exact to millimetres over a few hundred metres)."""
+        lat, lon = self.to_latlon(float(x_m), float(y_m))
+        gamma = math.radians(float(self.convergence_deg(lat=lat, lon=lon)))
+        scale = float(self.scale_factor(lat=lat, lon=lon))
+        dx, dy = true_offset_to_grid(east_m, north_m, convergence_rad=gamma, scale=scale)
+        return float(x_m) + dx, float(y_m) + dy
 
     def ground_distance_m(
         self, x1_m: npt.ArrayLike, y1_m: npt.ArrayLike, x2_m: npt.ArrayLike, y2_m: npt.ArrayLike

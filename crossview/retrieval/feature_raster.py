@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from crossview.geometry.frames import LocalFrame
+from crossview.geometry.frames import LocalFrame, grid_offset_to_true, true_offset_to_grid
 
 BLOCK_CELLS = 128
 MARGIN_CELLS = 16
@@ -53,16 +53,13 @@ class FeatureRaster:
 
     def to_grid(self, east_m: float, north_m: float) -> np.ndarray:
         """True ground offset (east, north) from the centre -> (2,) grid x, y."""
-        cos_g, sin_g = math.cos(self.convergence_rad), math.sin(self.convergence_rad)
-        dx = self.scale * (east_m * cos_g - north_m * sin_g)
-        dy = self.scale * (north_m * cos_g + east_m * sin_g)
+        dx, dy = true_offset_to_grid(east_m, north_m, convergence_rad=self.convergence_rad, scale=self.scale)
         return np.array([self.center_xy[0] + dx, self.center_xy[1] + dy])
 
     def from_grid(self, x_m: float, y_m: float) -> tuple[float, float]:
         """Grid x, y -> true ground offset (east, north) from the centre, metres."""
-        cos_g, sin_g = math.cos(self.convergence_rad), math.sin(self.convergence_rad)
-        dx, dy = (x_m - self.center_xy[0]) / self.scale, (y_m - self.center_xy[1]) / self.scale
-        return dx * cos_g + dy * sin_g, dy * cos_g - dx * sin_g
+        dx, dy = x_m - self.center_xy[0], y_m - self.center_xy[1]
+        return grid_offset_to_true(dx, dy, convergence_rad=self.convergence_rad, scale=self.scale)
 
     def window(self, east_m: float, north_m: float, half_cells: int) -> tuple[Tensor, Tensor, float, float]:
         """The (2 half + 1)-cell square around the cell holding (east, north), zero and invalid outside.
@@ -84,12 +81,6 @@ class FeatureRaster:
         centre_east = (col + 0.5 - self.size / 2) * self.cell_m
         centre_north = (self.size / 2 - row - 0.5) * self.cell_m
         return features, valid, centre_east, centre_north
-
-
-def finest_level(model: Any, chips: Tensor) -> Tensor:
-    """(N, C, S/s, S/s) finest refinement features of (N, 3, S, S) map chips."""
-    feats, _ = model.aerial_decoder(model.aerial_backbone(model.map_input(chips)))
-    return feats[-1]
 
 
 def encode_feature_raster(
@@ -143,7 +134,7 @@ def encode_feature_raster(
             north = (size / 2 - block_row * block - block / 2) * cell_m
             chip, valid = sampler.crop(raster.to_grid(east, north)[None], size_px=crop_px, device=device)
             with torch.inference_mode():
-                features = finest_level(model, chip)[0].float().cpu()
+                features = model.map_refinement_features(chip)[0][-1][0].float().cpu()
             keep = slice(margin, margin + block)
             row_pieces.append(features[:, keep, keep])
             cells = F.interpolate(valid[:, None].float().cpu(), size=features.shape[-2:], mode="area")[0, 0]

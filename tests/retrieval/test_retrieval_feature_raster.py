@@ -16,7 +16,7 @@ from crossview.encoders import model_config
 from crossview.maps.raster import GeoRaster
 from crossview.retrieval import feature_raster as feature_raster_module
 from crossview.retrieval.chips import ChipSampler, chip_geometry_for_model
-from crossview.retrieval.feature_raster import encode_feature_raster, finest_level
+from crossview.retrieval.feature_raster import encode_feature_raster
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -27,13 +27,8 @@ class PoolingEncoder(torch.nn.Module):
     """An aerial branch whose finest level is the chip's colours averaged over each 4x4 cell: what the raster
     holds is then known exactly from the map."""
 
-    def map_input(self, chips):
-        return chips
-
-    def aerial_backbone(self, chips):
-        return F.avg_pool2d(chips, CELL_PX)
-
-    def aerial_decoder(self, pooled):
+    def map_refinement_features(self, chips):
+        pooled = F.avg_pool2d(chips, CELL_PX)
         return [pooled], [torch.ones_like(pooled[:, :1])]
 
 
@@ -93,14 +88,14 @@ def test_windows_read_the_cells_around_a_point_and_nothing_outside(sampler):
 def test_real_model_stitched_features_match_one_crop_inside(sampler, monkeypatch):
     monkeypatch.setattr(feature_raster_module, "BLOCK_CELLS", 16)
     model = tiny_model()
-    probe = finest_level(model, torch.zeros(1, 3, 64, 64))
+    probe = model.map_refinement_features(torch.zeros(1, 3, 64, 64))[0][-1]
     cell_px = 64 // probe.shape[-1]
     half_m = 0.5 * 32 * cell_px * sampler.geometry.gsd_m
     raster = encode_feature_raster(model, sampler, sampler.geometry.frame, centre_xy(sampler), half_m, cell_px=cell_px)
     margin = feature_raster_module.MARGIN_CELLS
     chip, _ = sampler.crop(np.array([centre_xy(sampler)]), size_px=(raster.size + 2 * margin) * cell_px)
     with torch.inference_mode():
-        whole = finest_level(model, chip)[0][:, margin:-margin, margin:-margin]
+        whole = model.map_refinement_features(chip)[0][-1][0][:, margin:-margin, margin:-margin]
     inside = raster.valid.clone()
     inside[[0, -1], :] = inside[:, [0, -1]] = False
     difference = (raster.features - whole).abs()[:, inside].mean() / whole[:, inside].abs().mean()
