@@ -25,7 +25,7 @@ import torch
 
 from crossview.bench import BenchConfig, batch_figures, time_call
 
-MODEL = "synth-v2"
+MODEL = "synth-v3"
 
 
 def bench_encoder(config: BenchConfig) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def bench_dense_search(config: BenchConfig) -> dict[str, Any]:
     from crossview.geometry.cameras import PanoramaCamera
     from crossview.retrieval.dense import DEFAULT_MAX_RANGE_M, bev_templates, correlate, find_peaks
 
-    radius_m, cell_m, channels = (50.0 if config.quick else 100.0), 1.11, 16  # synth-v2's finest level at 60 deg
+    radius_m, cell_m, channels = (50.0 if config.quick else 100.0), 1.11, 16  # synth-v3's finest level at 60 deg
     headings = torch.arange(64, dtype=torch.float32) * (2 * math.pi / 64)
     generator = torch.Generator().manual_seed(0)
     ground = F.normalize(torch.randn(1, channels, 16, 64, generator=generator), dim=1)

@@ -125,3 +125,63 @@ def _sample(features: Tensor, uv: Tensor, *, wrap: bool) -> Tensor:
     grid = torch.stack([2.0 * u / width - 1.0, 2.0 * uv[..., 1] / height - 1.0], dim=-1)
     sampled = F.grid_sample(features, grid[:, None], mode="bilinear", padding_mode="border", align_corners=False)
     return sampled[:, :, 0].transpose(1, 2)
+
+
+DENSE_LOSS_HEADINGS = 32
+"""Headings of the training score volume (the search of ``locate`` uses 64)."""
+DENSE_LOSS_TEMPERATURE = 0.02
+"""Scores (mean feature similarities) are divided by this before the softmax. With 0.05 an epoch barely moved the
+held-out loss; 0.02 made synth-v3 (see models/README.md)."""
+
+
+def dense_matching_loss(
+    ground_features: Tensor,
+    ground_confidence: Tensor,
+    tile_features: Tensor,
+    tile_px: int,
+    px_in_tile: Tensor,
+    mpp: Tensor,
+    heading_deg: Tensor,
+    *,
+    camera_height_m: float,
+    headings: int = DENSE_LOSS_HEADINGS,
+    temperature: float = DENSE_LOSS_TEMPERATURE,
+) -> Tensor:
+    """Negative log-likelihood of the true pose under the dense search's score volume, batch mean.
+
+    The training counterpart of :mod:`crossview.retrieval.dense` (OrienterNet's loss, Sarlin et al., CVPR 2023):
+    the panorama's finest features become BEV templates at ``headings`` headings starting at the true one, are
+    correlated with the tile's finest features, and the log-softmax over every (heading, cell) pose of the tile
+    (scores / ``temperature``) is read at the true heading and the cell holding the camera. Unlike the point-wise
+    :func:`correspondence_loss`, rival poses (the same street a block away, the true place turned by 90 or 180
+    degrees) are pushed down directly.
+
+    Args:
+        ground_features: (B, C, H, W) finest panorama features; ground_confidence: (B, 1, H, W).
+        tile_features: (B, C, S, S) finest tile features.
+        tile_px, px_in_tile, mpp, heading_deg, camera_height_m: as in :func:`correspondence_loss`.
+
+    Returns:
+        Scalar loss.
+    """
+    from crossview.retrieval.dense import bev_templates, correlate
+
+    size = tile_features.shape[-1]
+    camera = PanoramaCamera(ground_features.shape[-1], ground_features.shape[-2])
+    steps = torch.arange(headings, dtype=torch.float32, device=ground_features.device) * (2 * math.pi / headings)
+    losses = []
+    for b in range(ground_features.shape[0]):
+        cell_m = float(mpp[b]) * tile_px / size
+        templates = bev_templates(
+            ground_features[b],
+            ground_confidence[b],
+            camera,
+            camera_height_m,
+            cell_m=cell_m,
+            headings_rad=steps + math.radians(float(heading_deg[b])),
+        )
+        scores = correlate(tile_features[b].float(), templates) / temperature  # (N, S, S)
+        row = min(size - 1, max(0, int(float(px_in_tile[b, 0]) * size / tile_px)))
+        col = min(size - 1, max(0, int(float(px_in_tile[b, 1]) * size / tile_px)))
+        losses.append(torch.logsumexp(scores.flatten(), dim=0) - scores[0, row, col])
+    return torch.stack(losses).mean()

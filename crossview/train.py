@@ -374,12 +374,14 @@ class TrainStep(nn.Module):
         heading_logit_scale: float = 20.0,
         refine_weight: float = 0.0,
         refine_camera_height_m: float = 2.0,
+        dense_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.model, self.loss, self.unknown_heading = model, loss, unknown_heading
         self.orientation_weight, self.heading_weight = float(orientation_weight), float(heading_weight)
         self.heading_logit_scale = float(heading_logit_scale)
         self.refine_weight, self.refine_camera_height_m = float(refine_weight), float(refine_camera_height_m)
+        self.dense_weight = float(dense_weight)
 
     def forward(
         self,
@@ -396,32 +398,37 @@ class TrainStep(nn.Module):
         loss = self.loss(scores, mask)
         if self.orientation_weight > 0 and not self.unknown_heading:
             loss = loss + self._orientation_loss(ground, tiles, mask, heading_deg)
-        if self.refine_weight > 0 and px_in_tile is not None and mpp is not None:
-            loss = loss + self.refine_weight * self._refine_loss(pano, aerial, heading_deg, px_in_tile, mpp)
+        if max(self.refine_weight, self.dense_weight) > 0 and px_in_tile is not None and mpp is not None:
+            loss = loss + self._refine_loss(pano, aerial, heading_deg, px_in_tile, mpp)
         return loss
 
     def _refine_loss(
         self, pano: torch.Tensor, aerial: torch.Tensor, heading_deg: Any, px_in_tile: torch.Tensor, mpp: torch.Tensor
     ) -> Any:
-        """Dense correspondence loss on the refinement features (:mod:`crossview.correspondence_loss`)."""
-        from crossview.correspondence_loss import correspondence_loss
+        """The losses on the refinement features (:mod:`crossview.correspondence_loss`), weighted: the dense
+        correspondence loss (``refine_weight``) and the dense matching loss on the finest level (``dense_weight``)."""
+        from crossview.correspondence_loss import correspondence_loss, dense_matching_loss
 
         model = self.model
         size = (model.config["pano_height"], model.config["pano_width"])
         if tuple(pano.shape[-2:]) != size:
             pano = F.interpolate(pano, size=size, mode="bilinear", align_corners=False, antialias=True)
-        ground, _ = model.ground_refinement_features(pano, camera="panorama")
+        ground, ground_conf = model.ground_refinement_features(pano, camera="panorama")
         tile, _ = model.map_refinement_features(aerial)
         heading = torch.zeros(pano.shape[0], device=pano.device) if heading_deg is None else heading_deg
-        return correspondence_loss(
-            ground,
-            tile,
-            aerial.shape[-1],
-            px_in_tile.to(pano.device),
-            mpp.to(pano.device).float(),
-            heading.to(pano.device).float(),
-            camera_height_m=self.refine_camera_height_m,
-        )
+        geometry = (aerial.shape[-1], px_in_tile.to(pano.device), mpp.to(pano.device).float())
+        heading = heading.to(pano.device).float()
+        loss = torch.zeros((), device=pano.device)
+        if self.refine_weight > 0:
+            loss = self.refine_weight * correspondence_loss(
+                ground, tile, *geometry, heading, camera_height_m=self.refine_camera_height_m
+            )
+        if self.dense_weight > 0:
+            dense = dense_matching_loss(
+                ground[-1], ground_conf[-1], tile[-1], *geometry, heading, camera_height_m=self.refine_camera_height_m
+            )
+            loss = loss + self.dense_weight * dense
+        return loss
 
     def _orientation_loss(self, ground: Any, tiles: Any, mask: torch.Tensor, heading_deg: torch.Tensor | None) -> Any:
         from crossview.encoders.orientation import orientation_scores, place_on_canvas
@@ -853,6 +860,7 @@ class Trainer:
             orientation_weight=loss_cfg["orientation_weight"],
             refine_weight=loss_cfg["refine_weight"],
             refine_camera_height_m=loss_cfg["refine_camera_height_m"],
+            dense_weight=loss_cfg["dense_weight"],
             heading_weight=loss_cfg["heading_weight"],
         )
         self.step_module.to(self.device)

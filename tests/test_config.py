@@ -117,6 +117,7 @@ def test_a_section_cannot_be_replaced_by_a_value():
         ("seed=-1", "seed"),
         ("train.epochs=true", "train.epochs"),
         ("train.init_partial=3", "train.init_partial"),
+        ("loss.dense_weight=-0.5", "loss.dense_weight"),
     ],
 )
 def test_invalid_values_name_the_key(override, key):

@@ -1,4 +1,5 @@
-"""The dense correspondence loss is low for features that agree through DESIGN's ground-plane geometry."""
+"""The dense correspondence and dense matching losses are low for features that agree through DESIGN's
+ground-plane geometry, and the matching loss trains features."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from crossview.correspondence_loss import correspondence_loss, sample_tile_points
+from crossview.correspondence_loss import correspondence_loss, dense_matching_loss, sample_tile_points
 from crossview.geometry.cameras import PanoramaCamera, pixel_centers
 from crossview.geometry.ground import image_to_ground
 from crossview.geometry.pose import Pose2
@@ -53,3 +54,41 @@ def test_sampled_points_lie_in_the_annulus_and_the_tile():
     assert ((uv >= 0.5) & (uv <= TILE_PX - 0.5)).all()
     d = torch.hypot(uv[0, :, 0] - 32.0, uv[0, :, 1] - 32.0) * 0.5
     assert d.min() >= 3.0 - 1e-4 and d.max() <= 10.0 + 1e-4
+
+
+def _matching_loss(ground: torch.Tensor, tile: torch.Tensor, px: tuple[float, float], heading_deg: float) -> float:
+    return dense_matching_loss(
+        ground,
+        torch.ones_like(ground[:, :1]),
+        tile,
+        TILE_PX,
+        torch.tensor([px]),
+        torch.tensor([MPP]),
+        torch.tensor([heading_deg]),
+        camera_height_m=HEIGHT_M,
+        headings=16,
+    )
+
+
+def test_matching_loss_is_lowest_at_the_true_pose():
+    (ground,), (tile,) = _views(40.0, (30.5, 34.5))
+    true = _matching_loss(ground, tile, (30.5, 34.5), 40.0)
+    turned = _matching_loss(ground, tile, (30.5, 34.5), 130.0)
+    moved = _matching_loss(ground, tile, (36.5, 40.5), 40.0)
+    uniform = math.log(16 * TILE_PX * TILE_PX)
+    assert true < 0.5 * uniform and true < turned - 2.0 and true < moved - 2.0, (true, turned, moved, uniform)
+
+
+def test_matching_loss_trains_features():
+    (ground,), (tile,) = _views(40.0, (30.5, 34.5))
+    torch.manual_seed(0)
+    noisy = (tile + 2.0 * torch.randn_like(tile)).requires_grad_(True)
+    optimizer = torch.optim.Adam([noisy], lr=0.05)
+    losses = []
+    for _ in range(15):
+        loss = _matching_loss(ground, F.normalize(noisy, dim=1), (30.5, 34.5), 40.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0], losses

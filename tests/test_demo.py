@@ -16,17 +16,21 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 def test_demo_writes_results_figure_and_summary(tmp_path, capsys):
     out = tmp_path / "demo-out"
-    argv = ["demo", "--out", str(out), "--size-m", "60", "--panoramas", "3", "--workers", "0"]
+    argv = ["demo", "--out", str(out), "--size-m", "120", "--panoramas", "6", "--workers", "0"]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert format_summary(summary) in printed
-    assert summary["all"]["images"] == 6 and summary["panorama"]["images"] == 3
-    assert summary["all"]["located"] == 6 and summary["failed"] == 0
+    assert summary["all"]["images"] == 12 and summary["panorama"]["images"] == 6
+    assert summary["all"]["located"] == 12 and summary["failed"] == 0
     # Every pose lies within its prior: 100 m around a point at most 50 m from the truth.
     assert summary["all"]["p90_position_error_m"] <= 150.0
+    # The locate issue's targets for panoramas with a 100 m prior: median 2 m and 3 degrees (measured 0.6 m and
+    # 1.0 degrees; pinhole views miss them, see the README).
+    panoramas = summary["panorama"]
+    assert panoramas["median_position_error_m"] <= 2.0 and panoramas["median_heading_error_deg"] <= 3.0, panoramas
     frame = geopandas.read_file(out / "results.geojson")
-    assert (frame["kind"] == "pose").sum() == 6 and frame.crs.to_epsg() == 4326
+    assert (frame["kind"] == "pose").sum() == 12 and frame.crs.to_epsg() == 4326
     with Image.open(out / "figure.png") as figure:
         assert figure.width >= 400 and figure.height >= 300
     assert (out / "area.idx").is_file()

@@ -1,7 +1,7 @@
 """OpenStreetMap as the map, end to end through the CLI: the synthetic town's ``osm.osm`` rasterised by
 ``crossview fetch``, indexed by ``crossview index`` and searched by ``crossview locate`` with an OSM model: the
 real ``safa-resnet18-lite-osm`` at tiny sizes, randomly initialised, for the plumbing (fast), and the shipped
-``synth-osm-v1`` for the poses."""
+``synth-osm-v2`` for the poses."""
 
 from __future__ import annotations
 
@@ -85,11 +85,12 @@ def test_an_aerial_model_on_the_osm_map_and_the_osm_model_on_imagery_fail_before
 
 def test_the_shipped_osm_model_locates_the_easy_cases(scene, tmp_path, capsys):
     out = tmp_path / "shipped.geojson"
-    argv = ["locate", str(scene["town"] / "panorama"), "--map", str(scene["map"]), "--model", "synth-osm-v1"]
+    argv = ["locate", str(scene["town"] / "panorama"), "--map", str(scene["map"]), "--model", "synth-osm-v2"]
     assert cli_main([*argv, "--priors", str(scene["priors"]), "--out", str(out), "--workers", "0"]) == 0
     results, meta = read_results(out)
-    assert meta["model"] == "synth-osm-v1" and [r.status for r in results] == ["ok"] * 4
+    assert meta["model"] == "synth-osm-v2" and [r.status for r in results] == ["ok"] * 4
     errors = pose_errors(results, scene["town"] / "poses.csv")
-    # Panoramas with a 30 m prior: at least half within 5 m and 10 degrees (measured: 1.3 and 1.9 m; 6.4, 11.4 m).
+    # Panoramas with a 30 m prior: three of the four within 5 m and 10 degrees (measured: 3.4, 1.9 and 2.9 m, 1-2.5
+    # degrees; the fourth 13.7 m off, turned by 178 degrees).
     close = [e for e in errors if e.position_m <= 5.0 and e.heading_deg <= 10.0]
-    assert len(close) >= 2, [(round(e.position_m, 1), round(e.heading_deg, 1)) for e in errors]
+    assert len(close) >= 3, [(round(e.position_m, 1), round(e.heading_deg, 1)) for e in errors]
