@@ -59,6 +59,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "refine_weight": 0.0,  # > 0: dense correspondence loss on the refinement features (LM refiner)
         "refine_camera_height_m": 2.0,  # camera height assumed by that loss, metres
         "dense_weight": 0.0,  # > 0: dense matching loss (NLL of the true pose, finest level; the dense search's)
+        "dense_pinhole_weight": 0.0,  # > 0: the same loss on pinhole views cut from the panoramas
     },
     "optim": {
         "lr": 1e-4,  # peak learning rate of AdamW (per optimizer step)
@@ -270,7 +271,7 @@ def validate_config(config: Mapping[str, Any]) -> None:
     _check(loss["type"] in ("infonce", "triplet"), "loss.type", loss["type"], "'infonce' or 'triplet'")
     for key in ("temperature", "max_logit_scale", "triplet_alpha", "refine_camera_height_m"):
         _check(_is_number(loss[key]) and loss[key] > 0, f"loss.{key}", loss[key], "a positive number")
-    for key in ("orientation_weight", "heading_weight", "refine_weight", "dense_weight"):
+    for key in ("orientation_weight", "heading_weight", "refine_weight", "dense_weight", "dense_pinhole_weight"):
         _check(_is_number(loss[key]) and loss[key] >= 0, f"loss.{key}", loss[key], "a number >= 0")
     for key in ("learn_temperature", "mask_semi_positives"):
         _check(isinstance(loss[key], bool), f"loss.{key}", loss[key], "true or false")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from crossview.geometry.cameras import PanoramaCamera
+from crossview.geometry.cameras import Camera, PanoramaCamera, PinholeCamera, pixel_centers
 from crossview.geometry.ground import ground_to_image
 from crossview.geometry.pose import Pose2
 
@@ -144,6 +144,7 @@ def dense_matching_loss(
     heading_deg: Tensor,
     *,
     camera_height_m: float,
+    camera: Camera | None = None,
     headings: int = DENSE_LOSS_HEADINGS,
     temperature: float = DENSE_LOSS_TEMPERATURE,
 ) -> Tensor:
@@ -157,9 +158,11 @@ def dense_matching_loss(
     degrees) are pushed down directly.
 
     Args:
-        ground_features: (B, C, H, W) finest panorama features; ground_confidence: (B, 1, H, W).
+        ground_features: (B, C, H, W) finest ground features; ground_confidence: (B, 1, H, W).
         tile_features: (B, C, S, S) finest tile features.
-        tile_px, px_in_tile, mpp, heading_deg, camera_height_m: as in :func:`correspondence_loss`.
+        tile_px, px_in_tile, mpp, heading_deg, camera_height_m: as in :func:`correspondence_loss` (the heading of
+            a pinhole view is that of its optical axis).
+        camera: the ground camera at the features' size (default: a panorama).
 
     Returns:
         Scalar loss.
@@ -167,7 +170,7 @@ def dense_matching_loss(
     from crossview.retrieval.dense import bev_templates, correlate
 
     size = tile_features.shape[-1]
-    camera = PanoramaCamera(ground_features.shape[-1], ground_features.shape[-2])
+    camera = camera or PanoramaCamera(ground_features.shape[-1], ground_features.shape[-2])
     steps = torch.arange(headings, dtype=torch.float32, device=ground_features.device) * (2 * math.pi / headings)
     losses = []
     for b in range(ground_features.shape[0]):
@@ -185,3 +188,25 @@ def dense_matching_loss(
         col = min(size - 1, max(0, int(float(px_in_tile[b, 1]) * size / tile_px)))
         losses.append(torch.logsumexp(scores.flatten(), dim=0) - scores[0, row, col])
     return torch.stack(losses).mean()
+
+
+def pinhole_crops(panoramas: Tensor, hfov_deg: float, yaw_deg: Tensor, size_hw: tuple[int, int]) -> Tensor:
+    """Level pinhole views cut from equirectangular panoramas (bilinear, across the seam).
+
+    Args:
+        panoramas: (B, 3, H, W) panoramas (DESIGN's convention: the centre column looks along the heading).
+        hfov_deg: horizontal field of view of the views, degrees.
+        yaw_deg: (B,) azimuth of each view's optical axis from the panorama's centre column, clockwise, degrees.
+        size_hw: (height, width) of the views, pixels.
+
+    Returns:
+        (B, 3, height, width) views, whose camera is ``PinholeCamera.from_hfov(width, height, hfov_deg)``.
+    """
+    height, width = size_hw
+    rays, _ = PinholeCamera.from_hfov(width, height, hfov_deg).unproject(pixel_centers(width, height))
+    yaw = torch.deg2rad(yaw_deg.float())[:, None, None]
+    x, y, z = rays[..., 0], rays[..., 1], rays[..., 2]
+    x, y, z = (part.expand(len(yaw), -1, -1) for part in (x, y, z))
+    turned = torch.stack([x * torch.cos(yaw) + z * torch.sin(yaw), y, z * torch.cos(yaw) - x * torch.sin(yaw)], -1)
+    uv, _ = PanoramaCamera(panoramas.shape[-1], panoramas.shape[-2]).project(turned)  # (B, h, w, 2)
+    return _sample(panoramas, uv.flatten(1, 2), wrap=True).transpose(1, 2).reshape(-1, 3, height, width)

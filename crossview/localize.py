@@ -17,11 +17,12 @@ For each image (its camera and prior from :mod:`crossview.inputs`):
    (true-north-up, the index's footprint) and the pose is refined by LM on the model's three feature levels, in
    the chip's local frame: x east, y TRUE north, ground metres, heading clockwise from true north. The candidate
    with the lowest final cost per ground point wins; if every refinement fails, the candidate itself is returned
-   with its grid's spacing as uncertainty.
+   with its grid's spacing as uncertainty. A dense-search pose is not moved (:data:`DENSE_REFINE_ITERATIONS`):
+   the refiner gives its covariance.
 4. The pose goes back to the map frame (grid = true rotated by the meridian convergence, scaled by the UTM point
    scale factor) and to WGS84; its covariance becomes the 1-sigma ellipse and heading std of the record.
 
-Score: dense search, the peak's margin (Spearman correlation with the position error -0.50 on a held-out
+Score: dense search, the peak's margin (Spearman correlation with the position error -0.60 on a held-out
 synthetic town: higher means a smaller error); retrieval, the orientation-aware similarity times
 ``exp(-mean cost per point / COST_SCALE)`` (no correlation with the error).
 """
@@ -63,10 +64,12 @@ DENSE_PEAKS = 3
 """Peaks kept per searched disc: the best is the candidate, the others its rivals for the margin (the score)."""
 DENSE_PEAK_SEPARATION_M = 6.0
 DENSE_HEADINGS = 64
-DENSE_REFINE_ITERATIONS = (0, 0, 10)
-"""LM iterations per level (coarse to fine) from a dense-search pose: the finest level only. The pose is already
-within a cell of the finest level; on the held-out town the coarse levels pulled it away (median 3.5 m and 3.7 deg
-with all three levels, 2.4 m and 2.5 deg with the finest alone, 2.7 m and 1.8 deg without LM)."""
+DENSE_REFINE_ITERATIONS = (0, 0, 0)
+"""LM iterations per level (coarse to fine) from a dense-search pose: none; the refiner only evaluates the pose's
+covariance there. With features trained by the dense matching loss (synth-v3), LM moved the poses away: on the
+held-out town, panoramas with 100 m priors ended at median 0.81 m and 2.0 deg with 10 finest-level iterations, 0.74 m
+and 0.77 deg without, 0.57 m with the peak's sub-cell interpolation (synth-v2, trained for LM only: 2.4 m and 2.5
+deg with them, 2.7 m and 1.8 deg without)."""
 DENSE_MAX_REFINE_SHIFT_M = 5.0
 """LM may move a dense-search pose this far (about its convergence basin); farther, it has diverged and the
 dense pose is kept."""
@@ -513,9 +516,13 @@ class Localizer:
             DENSE_PEAKS,
             min_separation_cells=DENSE_PEAK_SEPARATION_M / raster.cell_m,
         )
+        cell_m = raster.cell_m
         return [
             (
-                raster.to_grid(float(east[peak.row, peak.col]), float(north[peak.row, peak.col])),
+                raster.to_grid(
+                    float(east[peak.row, peak.col]) + peak.d_col * cell_m,
+                    float(north[peak.row, peak.col]) - peak.d_row * cell_m,
+                ),
                 math.degrees(peak.heading_rad),
                 peak.score,
             )

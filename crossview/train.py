@@ -59,6 +59,10 @@ METRICS_FIELDS = ("epoch", "step", "loss", "lr", "temperature", "pairs_per_s", "
 EXIT_INTERRUPTED = 130
 EARTH_RADIUS_M = 6_371_008.8  # mean radius: the sampler only needs neighbourhoods, not survey accuracy
 HILBERT_ORDER = 16  # 65536 x 65536 cells per city
+PINHOLE_HFOV_RANGE_DEG = (
+    60.0,
+    100.0,
+)  # horizontal fields of view of the pinhole views cut for loss.dense_pinhole_weight
 
 
 # ---- cities ------------------------------------------------------------------------------------------------
@@ -375,13 +379,14 @@ class TrainStep(nn.Module):
         refine_weight: float = 0.0,
         refine_camera_height_m: float = 2.0,
         dense_weight: float = 0.0,
+        dense_pinhole_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.model, self.loss, self.unknown_heading = model, loss, unknown_heading
         self.orientation_weight, self.heading_weight = float(orientation_weight), float(heading_weight)
         self.heading_logit_scale = float(heading_logit_scale)
         self.refine_weight, self.refine_camera_height_m = float(refine_weight), float(refine_camera_height_m)
-        self.dense_weight = float(dense_weight)
+        self.dense_weight, self.dense_pinhole_weight = float(dense_weight), float(dense_pinhole_weight)
 
     def forward(
         self,
@@ -398,7 +403,11 @@ class TrainStep(nn.Module):
         loss = self.loss(scores, mask)
         if self.orientation_weight > 0 and not self.unknown_heading:
             loss = loss + self._orientation_loss(ground, tiles, mask, heading_deg)
-        if max(self.refine_weight, self.dense_weight) > 0 and px_in_tile is not None and mpp is not None:
+        if (
+            max(self.refine_weight, self.dense_weight, self.dense_pinhole_weight) > 0
+            and px_in_tile is not None
+            and mpp is not None
+        ):
             loss = loss + self._refine_loss(pano, aerial, heading_deg, px_in_tile, mpp)
         return loss
 
@@ -428,7 +437,33 @@ class TrainStep(nn.Module):
                 ground[-1], ground_conf[-1], tile[-1], *geometry, heading, camera_height_m=self.refine_camera_height_m
             )
             loss = loss + self.dense_weight * dense
+        if self.dense_pinhole_weight > 0:
+            loss = loss + self.dense_pinhole_weight * self._pinhole_loss(pano, tile[-1], geometry, heading)
         return loss
+
+    def _pinhole_loss(self, pano: torch.Tensor, tile: torch.Tensor, geometry: tuple, heading: torch.Tensor) -> Any:
+        """The dense matching loss of pinhole views cut from the panoramas (random field of view in
+        :data:`PINHOLE_HFOV_RANGE_DEG`, random direction), at the size ``locate`` encodes pinhole views."""
+        from crossview.correspondence_loss import dense_matching_loss, pinhole_crops
+        from crossview.geometry.cameras import PinholeCamera
+        from crossview.localize import PINHOLE_HEIGHT_PX
+
+        low, high = PINHOLE_HFOV_RANGE_DEG
+        hfov = float(torch.empty(()).uniform_(low, high))
+        yaw = torch.rand(pano.shape[0], device=pano.device) * 360.0
+        size = (PINHOLE_HEIGHT_PX, round(PINHOLE_HEIGHT_PX * 4 / 3))
+        views = pinhole_crops(pano, hfov, yaw, size)
+        features, confidence = self.model.ground_refinement_features(views, camera="pinhole")
+        camera = PinholeCamera.from_hfov(features[-1].shape[-1], features[-1].shape[-2], hfov)
+        return dense_matching_loss(
+            features[-1],
+            confidence[-1],
+            tile,
+            *geometry,
+            heading + yaw,
+            camera_height_m=self.refine_camera_height_m,
+            camera=camera,
+        )
 
     def _orientation_loss(self, ground: Any, tiles: Any, mask: torch.Tensor, heading_deg: torch.Tensor | None) -> Any:
         from crossview.encoders.orientation import orientation_scores, place_on_canvas
@@ -861,6 +896,7 @@ class Trainer:
             refine_weight=loss_cfg["refine_weight"],
             refine_camera_height_m=loss_cfg["refine_camera_height_m"],
             dense_weight=loss_cfg["dense_weight"],
+            dense_pinhole_weight=loss_cfg["dense_pinhole_weight"],
             heading_weight=loss_cfg["heading_weight"],
         )
         self.step_module.to(self.device)

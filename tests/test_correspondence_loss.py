@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from crossview.correspondence_loss import correspondence_loss, dense_matching_loss, sample_tile_points
+from crossview.correspondence_loss import correspondence_loss, dense_matching_loss, pinhole_crops, sample_tile_points
 from crossview.geometry.cameras import PanoramaCamera, pixel_centers
 from crossview.geometry.ground import image_to_ground
 from crossview.geometry.pose import Pose2
@@ -92,3 +93,19 @@ def test_matching_loss_trains_features():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_pinhole_crops_look_where_they_are_turned():
+    width, height = 256, 128
+    uv = pixel_centers(width, height)
+    azimuth = (uv[..., 0] / width - 0.5) * 2 * math.pi  # clockwise from the centre column
+    elevation = (0.5 - uv[..., 1] / height) * math.pi
+    pano = torch.stack([torch.sin(azimuth), torch.cos(azimuth), elevation]).expand(2, -1, -1, -1)
+    views = pinhole_crops(pano, 90.0, torch.tensor([40.0, -120.0]), (48, 64))
+    for view, yaw in zip(views, (40.0, -120.0), strict=True):
+        centre = view[:, 23:25, 31:33].mean(dim=(1, 2))
+        assert math.degrees(math.atan2(centre[0], centre[1])) == pytest.approx(yaw, abs=2.0)
+        assert float(centre[2]) == pytest.approx(0.0, abs=0.05)  # level: the centre row is on the horizon
+        left = view[:, 24, 0]  # the left edge looks 45 degrees (less half a pixel) to the left of the axis
+        assert math.degrees(math.atan2(left[0], left[1])) == pytest.approx(yaw - 45.0 + 0.7, abs=2.0)
+    assert float(views[0, 2, 0].mean()) > 0 > float(views[0, 2, -1].mean())  # sky at the top, ground below

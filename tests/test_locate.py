@@ -54,7 +54,7 @@ def test_locate_writes_geojson_that_gdal_reads(town, tmp_path, capsys):
     assert len(poses) == 8 and set(poses["status"]) == {"ok"}
     assert set(frame["kind"]) == {"pose", "ellipse", "heading"}
     results, meta = read_results(out)
-    assert meta["model"] == "synth-v3" and meta["settings"]["top_k"] == 3
+    assert meta["model"] == "synth-v4" and meta["settings"]["top_k"] == 3
     assert [r.camera.model for r in results] == ["panorama"] * 4 + ["pinhole"] * 4
     assert all(r.prior.source == "cli" and r.prior.radius_m == 30.0 for r in results)
     errors = pose_errors(results, town / "poses.csv")
@@ -62,9 +62,13 @@ def test_locate_writes_geojson_that_gdal_reads(town, tmp_path, capsys):
     # Every pose lies inside its prior disc (30 m around a position 10 m from the truth).
     assert np.nanmax([e.position_m for e in errors]) < 40.0, summary
     # The easy cases, panoramas with a 30 m prior, meet the locate issue's targets: median position error 2 m and
-    # heading error 3 degrees (measured: 0.4, 0.5, 0.9 and 3.1 m; 4.0, 0.2, 1.0 and 1.4 degrees).
+    # heading error 3 degrees (measured: 1.2, 0.6, 0.6 and 2.3 m; 1.6, 2.8, 0.8 and 0.0 degrees).
     panoramas = summarize([e for e in errors if e.camera == "panorama"])
     assert panoramas["median_position_error_m"] <= 2.0 and panoramas["median_heading_error_deg"] <= 3.0, panoramas
+    # Pinhole views miss those targets on the held-out town; here three of the four land within 5 m and 10 degrees
+    # (measured: 10.3, 2.2, 3.7 and 3.4 m; 88, 2.8, 6.9 and 0.3 degrees).
+    pinholes = [e for e in errors if e.camera == "pinhole" and e.position_m <= 5.0 and e.heading_deg <= 10.0]
+    assert len(pinholes) >= 3, summary
     assert all(np.isfinite(r.position_std_m) and 0 <= r.heading_deg < 360 for r in results)
     assert sidecar_path(out).is_file() and len(read_jsonl(sidecar_path(out))) == 8
 
@@ -78,7 +82,7 @@ def test_without_a_prior_the_whole_small_map_is_searched(town, tmp_path, capsys)
     assert all(r.prior.lat is None for r in results)
     errors = pose_errors(results, town / "poses.csv")
     # Searched over the whole map (290 m x 330 m, 0.1 km^2): every pose is on it, and the panoramas' median
-    # position error meets the locate issue's 2 m (measured: 0.5, 0.3, 1.2 and 0.8 m).
+    # position error meets the locate issue's 2 m (measured: 1.0, 0.3, 1.0 and 0.7 m).
     with rasterio.open(town / "map.tif") as src:
         bounds, crs = src.bounds, src.crs
     x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(

@@ -465,7 +465,14 @@ def test_trainable_prefixes_freeze_the_rest_and_its_statistics(tree, tmp_path):
     first = tmp_path / "first"
     assert _train(tree, first, *BASE, "train.epochs=1", "train.keep_checkpoints=0") == 0
     second = tmp_path / "second"
-    options = [*BASE, "train.epochs=2", "train.keep_checkpoints=0", "loss.refine_weight=1.0", "loss.dense_weight=1.0"]
+    options = [
+        *BASE,
+        "train.epochs=2",
+        "train.keep_checkpoints=0",
+        "loss.refine_weight=1.0",
+        "loss.dense_weight=1.0",
+        "loss.dense_pinhole_weight=1.0",
+    ]
     trainable = "train.trainable=[ground_decoder,aerial_decoder]"
     assert _train(tree, second, *options, trainable, f"train.init_from={first / 'last.pt'}") == 0
     before, after = load_checkpoint(first / "last.pt").state_dict, load_checkpoint(second / "last.pt").state_dict

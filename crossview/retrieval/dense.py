@@ -160,12 +160,15 @@ def fft_size(minimum: int) -> int:
 
 @dataclass(frozen=True)
 class Peak:
-    """One pose of a score volume: cell (row, col), heading (radians, interpolated between bins) and score."""
+    """One pose of a score volume: cell (row, col), heading (radians, interpolated between bins), score, and the
+    sub-cell offset (d_row, d_col) of the score's vertex from the cell centre, in cells (within +/- 0.5)."""
 
     row: int
     col: int
     heading_rad: float
     score: float
+    d_row: float = 0.0
+    d_col: float = 0.0
 
 
 def find_peaks(scores: Tensor, allowed: Tensor, count: int, *, min_separation_cells: float) -> list[Peak]:
@@ -178,8 +181,8 @@ def find_peaks(scores: Tensor, allowed: Tensor, count: int, *, min_separation_ce
         min_separation_cells: non-maximum suppression radius, cells.
 
     Returns:
-        Peaks, best first (fewer when fewer poses are allowed). Headings are refined by a parabola through the
-        best bin and its neighbours.
+        Peaks, best first (fewer when fewer poses are allowed). Headings and positions are refined by a parabola
+        through the best bin (cell) and its neighbours; positions only between allowed cells.
     """
     masked = scores.masked_fill(~allowed.expand_as(scores), -math.inf)
     best, heading_bin = masked.max(dim=0)
@@ -193,7 +196,11 @@ def find_peaks(scores: Tensor, allowed: Tensor, count: int, *, min_separation_ce
         if not math.isfinite(float(best[row, col])):
             break
         bin_ = int(heading_bin[row, col])
-        peaks.append(Peak(row, col, _interpolated_heading(scores[:, row, col], bin_), float(best[row, col])))
+        plane = masked[bin_]  # poses that may not be chosen do not pull the vertex towards them
+        d_row = _vertex(*(plane[min(max(row + d, 0), plane.shape[0] - 1), col] for d in (-1, 0, 1)))
+        d_col = _vertex(*(plane[row, min(max(col + d, 0), plane.shape[1] - 1)] for d in (-1, 0, 1)))
+        heading = _interpolated_heading(scores[:, row, col], bin_)
+        peaks.append(Peak(row, col, heading, float(best[row, col]), d_row, d_col))
         near = (rows - row) ** 2 + (cols - col) ** 2 < min_separation_cells**2
         best = best.masked_fill(near, -math.inf)
     return peaks
@@ -202,7 +209,15 @@ def find_peaks(scores: Tensor, allowed: Tensor, count: int, *, min_separation_ce
 def _interpolated_heading(profile: Tensor, bin_: int) -> float:
     """Heading of the parabola's vertex through bins bin-1, bin, bin+1 of a circular score profile, radians."""
     count = len(profile)
-    left, centre, right = (float(profile[(bin_ + d) % count]) for d in (-1, 0, 1))
+    shift = _vertex(*(profile[(bin_ + d) % count] for d in (-1, 0, 1)))
+    return float((bin_ + shift) * 2.0 * math.pi / count) % (2.0 * math.pi)
+
+
+def _vertex(left: Tensor | float, centre: Tensor | float, right: Tensor | float) -> float:
+    """Offset of the vertex of the parabola through (-1, left), (0, centre), (1, right), clamped to +/- 0.5 (0
+    where it does not open downwards or a value is not finite)."""
+    left, centre, right = float(left), float(centre), float(right)
     curvature = left - 2.0 * centre + right
-    shift = 0.5 * (left - right) / curvature if curvature < 0 else 0.0
-    return float((bin_ + max(-0.5, min(0.5, shift))) * 2.0 * math.pi / count) % (2.0 * math.pi)
+    if not (curvature < 0 and math.isfinite(curvature)):
+        return 0.0
+    return max(-0.5, min(0.5, 0.5 * (left - right) / curvature))

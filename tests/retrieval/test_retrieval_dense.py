@@ -53,8 +53,8 @@ def search(truth, camera: str = "panorama", *, seed: int = 0, ground_hw=(32, 128
     scores = correlate(scene.chip_feats[0][0].float(), templates)
     allowed = torch.ones(MAP_CELLS, MAP_CELLS, dtype=torch.bool)
     peak = find_peaks(scores, allowed, 1, min_separation_cells=4)[0]
-    east = (peak.col + 0.5 - MAP_CELLS / 2) * CELL_M
-    north = (MAP_CELLS / 2 - peak.row - 0.5) * CELL_M
+    east = (peak.col + peak.d_col + 0.5 - MAP_CELLS / 2) * CELL_M
+    north = (MAP_CELLS / 2 - peak.row - peak.d_row - 0.5) * CELL_M
     return peak, east, north
 
 
@@ -98,7 +98,9 @@ def test_templates_keep_only_the_ring_and_what_the_camera_sees():
 def test_panorama_on_a_cell_centre_and_a_heading_bin_is_found_exactly():
     truth = (3 * CELL_M + CELL_M / 2, -5 * CELL_M + CELL_M / 2, 10 * BIN_DEG)
     peak, east, north = search(truth)
-    assert (east, north) == pytest.approx(truth[:2], abs=1e-6)
+    cell_centre = ((peak.col + 0.5 - MAP_CELLS / 2) * CELL_M, (MAP_CELLS / 2 - peak.row - 0.5) * CELL_M)
+    assert cell_centre == pytest.approx(truth[:2], abs=1e-6)  # the right cell, and the vertex near its centre
+    assert (east, north) == pytest.approx(truth[:2], abs=CELL_M / 4)
     assert heading_error_deg(peak.heading_rad, truth[2]) < BIN_DEG / 4
 
 
@@ -138,3 +140,20 @@ def test_heading_is_interpolated_between_bins():
     scores = profile[:, None, None].expand(bins, 3, 3).clone()
     peak = find_peaks(scores, torch.ones(3, 3, dtype=torch.bool), 1, min_separation_cells=1)[0]
     assert peak.heading_rad == pytest.approx(true_bin * 2 * math.pi / bins, abs=1e-5)
+
+
+def test_position_is_interpolated_between_cells():
+    rows, cols = torch.meshgrid(torch.arange(9.0), torch.arange(11.0), indexing="ij")
+    true_row, true_col = 4.3, 6.8
+    plane = -((rows - true_row) ** 2) - 2.0 * (cols - true_col) ** 2
+    scores = torch.stack([plane - 1.0, plane, plane - 1.0])
+    peak = find_peaks(scores, torch.ones(9, 11, dtype=torch.bool), 1, min_separation_cells=1)[0]
+    assert (peak.row, peak.col) == (4, 7)
+    assert peak.row + peak.d_row == pytest.approx(true_row, abs=1e-5)
+    assert peak.col + peak.d_col == pytest.approx(true_col, abs=1e-5)
+    edge = find_peaks(scores[:, :, :1], torch.ones(9, 1, dtype=torch.bool), 1, min_separation_cells=1)[0]
+    assert edge.d_col == 0.0  # no neighbours on either side: no shift
+    allowed = torch.ones(9, 11, dtype=torch.bool)
+    allowed[:, 8] = False  # the vertex lies towards a cell that may not be chosen: it stays on the peak's column
+    inside = find_peaks(scores, allowed, 1, min_separation_cells=1)[0]
+    assert (inside.col, inside.d_col) == (7, 0.0) and inside.row + inside.d_row == pytest.approx(true_row, abs=1e-5)
