@@ -203,7 +203,9 @@ def pinhole_crops(panoramas: Tensor, hfov_deg: float, yaw_deg: Tensor, size_hw: 
         (B, 3, height, width) views, whose camera is ``PinholeCamera.from_hfov(width, height, hfov_deg)``.
     """
     height, width = size_hw
-    rays, _ = PinholeCamera.from_hfov(width, height, hfov_deg).unproject(pixel_centers(width, height))
+    rays, _ = PinholeCamera.from_hfov(width, height, hfov_deg).unproject(
+        pixel_centers(width, height, device=panoramas.device)
+    )
     yaw = torch.deg2rad(yaw_deg.float())[:, None, None]
     x, y, z = rays[..., 0], rays[..., 1], rays[..., 2]
     x, y, z = (part.expand(len(yaw), -1, -1) for part in (x, y, z))

@@ -59,10 +59,8 @@ METRICS_FIELDS = ("epoch", "step", "loss", "lr", "temperature", "pairs_per_s", "
 EXIT_INTERRUPTED = 130
 EARTH_RADIUS_M = 6_371_008.8  # mean radius: the sampler only needs neighbourhoods, not survey accuracy
 HILBERT_ORDER = 16  # 65536 x 65536 cells per city
-PINHOLE_HFOV_RANGE_DEG = (
-    60.0,
-    100.0,
-)  # horizontal fields of view of the pinhole views cut for loss.dense_pinhole_weight
+# horizontal fields of view of the pinhole views cut for loss.dense_pinhole_weight, degrees
+PINHOLE_HFOV_RANGE_DEG = (60.0, 100.0)
 
 
 # ---- cities ------------------------------------------------------------------------------------------------
@@ -415,7 +413,8 @@ class TrainStep(nn.Module):
         self, pano: torch.Tensor, aerial: torch.Tensor, heading_deg: Any, px_in_tile: torch.Tensor, mpp: torch.Tensor
     ) -> Any:
         """The losses on the refinement features (:mod:`crossview.correspondence_loss`), weighted: the dense
-        correspondence loss (``refine_weight``) and the dense matching loss on the finest level (``dense_weight``)."""
+        correspondence loss (``refine_weight``), the dense matching loss on the finest level (``dense_weight``) and
+        the same on pinhole views cut from the panoramas (``dense_pinhole_weight``)."""
         from crossview.correspondence_loss import correspondence_loss, dense_matching_loss
 
         model = self.model
