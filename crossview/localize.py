@@ -351,6 +351,7 @@ class Localizer:
         self.total_columns = model.azimuth_columns
         geometry = table.sampler.geometry
         self.chip_gsd_m, self.chip_px = float(geometry.gsd_m), int(geometry.size_px)
+        self.dense_cell_m = self.chip_gsd_m * FINEST_STRIDE_PX  # the dense search's cell side, ground metres
         self.stride_m = (
             float(np.median(np.diff(np.unique(table.centers_xy[:, 0])))) if len(table.centers_xy) > 1 else 10.0
         )
@@ -453,7 +454,7 @@ class Localizer:
             confs[-1],
             level_camera,
             float(camera.height_m),
-            cell_m=self.chip_gsd_m * FINEST_STRIDE_PX,
+            cell_m=self.dense_cell_m,
             headings_rad=headings,
         )
         heading_ok = self._heading_allowed(headings, prior)
@@ -543,7 +544,7 @@ class Localizer:
         init = torch.zeros(k, 3, dtype=torch.float64)
         init[:, 2] = torch.from_numpy(np.deg2rad(found.heading_deg))
         config = self.refiner_config
-        if found.dense:  # dense-search poses: the finest level only
+        if found.dense:  # dense-search poses are kept: the refiner gives their covariance
             config = dataclasses.replace(config, iterations=DENSE_REFINE_ITERATIONS)
         result = refine_candidates(
             g_feats,
@@ -586,7 +587,7 @@ class Localizer:
             refined["failed"] = True
         if refined["failed"]:
             offset, heading_true, center = np.zeros(2), float(found.heading_deg[0]), found.centers_xy[0]
-            spacing_m = self.chip_gsd_m * FINEST_STRIDE_PX if dense else self.stride_m
+            spacing_m = self.dense_cell_m if dense else self.stride_m
             bin_deg = 360.0 / (DENSE_HEADINGS if dense else self.total_columns)
             cov = np.diag([spacing_m**2 / 6.0] * 2 + [math.radians(bin_deg) ** 2 / 12.0])
             score = float(found.scores[0]) * 0.5

@@ -229,7 +229,10 @@ def refine(problems: Sequence[LevelProblem], pose_local: Tensor, config: Refiner
     iterations = torch.zeros(pose_local.shape[0], dtype=torch.int64, device=pose_local.device)
     stopped = torch.zeros_like(usable)
     evaluation: _Evaluation | None = None
-    for problem, budget in zip(problems, budgets, strict=True):
+    last = len(problems) - 1
+    for level, (problem, budget) in enumerate(zip(problems, budgets, strict=True)):
+        if budget == 0 and level < last:
+            continue  # no step to take: its evaluation would only be replaced by the next level's
         pose_local, evaluation, count, stopped = _refine_level(problem, pose_local, usable, budget, config)
         iterations = iterations + count
     assert evaluation is not None
