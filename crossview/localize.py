@@ -13,12 +13,13 @@ For each image (its camera and prior from :mod:`crossview.inputs`):
    all azimuths (restricted to +/- :data:`HEADING_PRIOR_TOLERANCE_DEG` around a heading prior); the ``top_k``
    chips, each with its best heading (and, without a heading prior, also the opposite heading: streets look
    alike both ways), are the candidates.
-3. Refinement (:func:`crossview.refinement.refine_candidates`): for each candidate a chip is cut centred on it
-   (true-north-up, the index's footprint) and the pose is refined by LM on the model's three feature levels, in
-   the chip's local frame: x east, y TRUE north, ground metres, heading clockwise from true north. The candidate
-   with the lowest final cost per ground point wins; if every refinement fails, the candidate itself is returned
-   with its grid's spacing as uncertainty. A dense-search pose is not moved (:data:`DENSE_REFINE_ITERATIONS`):
-   the refiner gives its covariance.
+3. Refinement (:func:`crossview.refinement.refine_candidates`): for each retrieved candidate a chip is cut
+   centred on it (true-north-up, the index's footprint) and the pose is refined by LM on the model's three feature
+   levels, in the chip's local frame: x east, y TRUE north, ground metres, heading clockwise from true north. The
+   candidate with the lowest final cost per ground point wins; if every refinement fails, the candidate itself is
+   returned with its grid's spacing as uncertainty. A dense-search pose is not moved
+   (:data:`DENSE_REFINE_ITERATIONS`): the refiner gives its covariance on the finest level, from the window of the
+   map's feature raster around it (no chip is cut or encoded).
 4. The pose goes back to the map frame (grid = true rotated by the meridian convergence, scaled by the UTM point
    scale factor) and to WGS84; its covariance becomes the 1-sigma ellipse and heading std of the record.
 
@@ -64,8 +65,8 @@ DENSE_PEAKS = 3
 """Peaks kept per searched disc: the best is the candidate, the others its rivals for the margin (the score)."""
 DENSE_PEAK_SEPARATION_M = 6.0
 DENSE_HEADINGS = 64
-DENSE_REFINE_ITERATIONS = (0, 0, 0)
-"""LM iterations per level (coarse to fine) from a dense-search pose: none; the refiner only evaluates the pose's
+DENSE_REFINE_ITERATIONS = 0
+"""LM iterations on the finest level from a dense-search pose: none; the refiner only evaluates the pose's
 covariance there. With features trained by the dense matching loss (synth-v3), LM moved the poses away: on the
 held-out town, panoramas with 100 m priors ended at median 0.81 m and 2.0 deg with 10 finest-level iterations, 0.74 m
 and 0.77 deg without, 0.57 m with the peak's sub-cell interpolation (synth-v2, trained for LM only: 2.4 m and 2.5
@@ -73,9 +74,10 @@ deg with them, 2.7 m and 1.8 deg without)."""
 DENSE_MAX_REFINE_SHIFT_M = 5.0
 """LM may move a dense-search pose this far (about its convergence basin); farther, it has diverged and the
 dense pose is kept."""
-DENSE_SHARED_MAX_KM2 = 1.0
-"""The map's features are encoded once for a run when the images' prior discs fit in a square this large;
-otherwise each disc is encoded for its image."""
+DENSE_SHARED_MAX_KM2 = 16.0
+"""The map's features are shared by a run (each block encoded once, when an image first needs it) when the
+images' prior discs fit in a square this large (its raster takes about 7 MB per km^2); otherwise each disc is
+encoded for its image. An index's stored raster is always shared."""
 DENSE_WHOLE_MAP_MAX_KM2 = 0.25
 """Images without a prior are searched densely over the whole map when it is this small (a correlation over
 0.25 km^2 takes about a second on 2 cores); larger maps are searched around the retrieved chips."""
@@ -150,8 +152,11 @@ class ChipTable:
             matching); called once, on first use of :attr:`columns` (a dense search in small prior discs never
             needs them).
         frame: the index frame.
-        sampler: cuts chips at any centre exactly as the table's were cut.
+        sampler: cuts chips at any centre exactly as the table's were cut (None when the map is not loaded: an
+            index's feature raster serves every image's dense search).
         map_name: the map's file name (recorded in the results).
+        geometry: the chips' :class:`~crossview.retrieval.chips.ChipGeometry`.
+        bounds_xy: west, south, east, north of the map in the frame, metres.
     """
 
     centers_xy: np.ndarray
@@ -159,6 +164,8 @@ class ChipTable:
     frame: LocalFrame
     sampler: Any
     map_name: str
+    geometry: Any
+    bounds_xy: tuple[float, float, float, float]
     _columns: Tensor | None = None
 
     @property
@@ -212,7 +219,13 @@ def chip_table_from_map(
     if len(centers) == 0:
         raise LocateError(f"map {map_name}: no valid {geometry.extent_m:.0f} m chip where the images may be")
     encode = functools.partial(encode_chip_columns, model, sampler, device=device)
-    return ChipTable(centers, encode, geometry.frame, sampler, map_name)
+    return ChipTable(centers, encode, geometry.frame, sampler, map_name, geometry, sampler_bounds_xy(sampler))
+
+
+def sampler_bounds_xy(sampler: Any) -> tuple[float, float, float, float]:
+    """West, south, east, north of a sampler's map in its frame, metres."""
+    bounds = sampler.raster.bounds()
+    return float(bounds.left), float(bounds.bottom), float(bounds.right), float(bounds.top)
 
 
 # ---- decoding (worker processes) ---------------------------------------------------------------------------
@@ -303,6 +316,7 @@ class Candidates:
     scores: np.ndarray
     heading_deg: np.ndarray
     dense: bool = False  # poses of the dense search (ids are -1), not retrieved chip centres
+    raster: Any = None  # the feature raster the dense search found the pose in
 
 
 def within_heading_tolerance(headings_deg: Tensor, prior_deg: float) -> Tensor:
@@ -338,18 +352,19 @@ class Localizer:
         refiner_config: Any = None,
         search: str = "dense",
         dense_area: DenseArea | None = None,
+        feature_raster: Any = None,
     ) -> None:
         from crossview.refinement import RefinerConfig
 
         if search not in SEARCH_MODES:
             raise LocateError(f"--search {search!r}: must be one of {', '.join(SEARCH_MODES)}")
-        self.search, self.dense_area, self._shared_raster = search, dense_area, None
+        self.search, self.dense_area, self._shared_raster = search, dense_area, feature_raster
         self.model, self.table, self.model_name, self.top_k = model, table, model_name, int(top_k)
         self.decode, self.batch_size, self.workers, self.device = decode, int(batch_size), int(workers), device
         self.refiner_config = refiner_config or RefinerConfig()
         self.map_name = table.map_name
         self.total_columns = model.azimuth_columns
-        geometry = table.sampler.geometry
+        geometry = table.geometry
         self.chip_gsd_m, self.chip_px = float(geometry.gsd_m), int(geometry.size_px)
         self.dense_cell_m = self.chip_gsd_m * FINEST_STRIDE_PX  # the dense search's cell side, ground metres
         self.stride_m = (
@@ -415,14 +430,10 @@ class Localizer:
         """The discs (x, y, radius in grid metres) the dense search covers without retrieval: a small prior's
         disc, or the whole shared map for an image without a prior; None when retrieval chooses the places
         (``--search retrieval``, a wide prior, a large map)."""
-        if self.search != "dense":
+        if not searched_densely(prior, self.search, self.dense_area):
             return None
         x, y, radius = self._prior_xy(prior)
-        if radius is not None and radius <= DENSE_MAX_RADIUS_M:
-            return [(x, y, radius)]
-        if radius is None and self.dense_area is not None and self.dense_area.whole_map:
-            return [(x, y, math.inf)]
-        return None
+        return [(x, y, math.inf if radius is None else radius)]
 
     def find_candidates(self, ground: Any, index: int, levels: Any, item: Decoded) -> Candidates | None:
         """Candidate poses of one image: the dense search over a small prior disc, or over the whole map without
@@ -464,10 +475,11 @@ class Localizer:
         if not peaks:
             return None
         peaks.sort(key=lambda peak: -peak[2])
-        best_xy, best_heading, best_score = peaks[0]
+        best_xy, best_heading, best_score, raster = peaks[0]
         rivals = [p[2] for p in peaks[1:] if np.hypot(*(p[0] - best_xy)) >= DENSE_PEAK_SEPARATION_M]
         margin = best_score - max(rivals) if rivals else best_score
-        return Candidates(np.array([-1]), best_xy[None], np.array([margin]), np.array([best_heading]), dense=True)
+        best = (np.array([-1]), best_xy[None], np.array([margin]), np.array([best_heading]))
+        return Candidates(*best, dense=True, raster=raster)
 
     def _heading_allowed(self, headings_rad: Tensor, prior: Prior) -> Tensor:
         """(N, 1, 1) bool: the headings within the heading prior's tolerance (all without one)."""
@@ -476,17 +488,17 @@ class Localizer:
         return within_heading_tolerance(torch.rad2deg(headings_rad), prior.heading_deg)[:, None, None]
 
     def feature_raster(self, x_m: float, y_m: float, radius_m: float, reach_m: float) -> Any:
-        """The map's finest features around a disc: the raster shared by the run when there is one (encoded on
-        first use), else one encoded for this disc."""
+        """The map's finest features around a disc: the raster shared by the run when there is one (the index's,
+        or one whose blocks are encoded as images need them), else one encoded for this disc."""
         from crossview.retrieval.feature_raster import encode_feature_raster
 
         common = {"cell_px": FINEST_STRIDE_PX, "device": self.device}
-        if self.dense_area is not None:
-            if self._shared_raster is None:
-                area = self.dense_area
-                self._shared_raster = encode_feature_raster(
-                    self.model, self.table.sampler, self.table.frame, area.center_xy, area.half_extent_m, **common
-                )
+        if self._shared_raster is None and self.dense_area is not None:
+            centre, half = self.dense_area.center_xy, self.dense_area.half_extent_m
+            self._shared_raster = encode_feature_raster(
+                self.model, self.table.sampler, self.table.frame, centre, half, **common, lazy=True
+            )
+        if self._shared_raster is not None:
             return self._shared_raster
         return encode_feature_raster(
             self.model, self.table.sampler, self.table.frame, (x_m, y_m), radius_m + reach_m, **common
@@ -494,9 +506,9 @@ class Localizer:
 
     def _area_peaks(
         self, templates: Any, center_xy: tuple[float, float], radius_m: float, heading_ok: Tensor
-    ) -> list[tuple[np.ndarray, float, float]]:
-        """Peaks (grid centre, true heading in degrees, score) of the dense search in one disc (``radius_m``
-        infinite: the whole feature raster)."""
+    ) -> list[tuple[np.ndarray, float, float, Any]]:
+        """Peaks (grid centre, true heading in degrees, score, the feature raster) of the dense search in one disc
+        (``radius_m`` infinite: the whole feature raster)."""
         from crossview.retrieval.dense import correlate, find_peaks
 
         reach_m = templates.radius_cells * templates.cell_m
@@ -506,7 +518,7 @@ class Localizer:
         else:
             east0, north0 = raster.from_grid(*center_xy)
             half = math.ceil(radius_m / raster.cell_m) + 1
-        features, valid, east_w, north_w = raster.window(east0, north0, half)
+        features, _, valid, east_w, north_w = raster.window(east0, north0, half)
         steps = (torch.arange(2 * half + 1, dtype=torch.float64) - half) * raster.cell_m
         north, east = torch.meshgrid(north_w - steps, east_w + steps, indexing="ij")
         allowed = valid & ((east - east0) ** 2 + (north - north0) ** 2 <= radius_m**2)
@@ -526,47 +538,70 @@ class Localizer:
                 ),
                 math.degrees(peak.heading_rad),
                 peak.score,
+                raster,
             )
             for peak in peaks
         ]
 
     def refine(self, ground: tuple[list[Tensor], list[Tensor], Any], camera: CameraInfo, found: Candidates) -> dict:
-        """LM refinement of every candidate of one image in the chips' true-north frames; the best one."""
-        from crossview.geometry.ground import MapChip
+        """LM refinement of every candidate of one image in the chips' true-north frames; the best one. A dense
+        search's pose is evaluated on the finest level against the window of its feature raster around it
+        (``pose_local`` is then its shift from the candidate)."""
         from crossview.geometry.pose import Pose2
         from crossview.refinement import refine_candidates
 
-        model, k = self.model, len(found.ids)
         g_feats, g_confs, cam = ground
-        chips, _ = self.table.sampler.crop(found.centers_xy, device=self.device)
-        with torch.inference_mode():
-            c_feats, c_confs = model.map_refinement_features(chips)
-        init = torch.zeros(k, 3, dtype=torch.float64)
-        init[:, 2] = torch.from_numpy(np.deg2rad(found.heading_deg))
-        config = self.refiner_config
-        if found.dense:  # dense-search poses are kept: the refiner gives their covariance
-            config = dataclasses.replace(config, iterations=DENSE_REFINE_ITERATIONS)
+        if found.dense:
+            c_feats, c_confs, chips, init = self._raster_window_chip(found)
+            g_feats, g_confs = g_feats[-1:], g_confs[-1:]
+            config = dataclasses.replace(self.refiner_config, iterations=DENSE_REFINE_ITERATIONS)
+        else:
+            c_feats, c_confs, chips, init = self._candidate_chips(found)
+            config = self.refiner_config
         result = refine_candidates(
-            g_feats,
-            g_confs,
-            [f.float() for f in c_feats],
-            [c.float() for c in c_confs],
-            MapChip.square(torch.zeros(k, 2), self.chip_gsd_m, self.chip_px),
-            cam,
-            float(camera.height_m),
-            Pose2(init),
-            config,
+            g_feats, g_confs, c_feats, c_confs, chips, cam, float(camera.height_m), Pose2(init.clone()), config
         )
+        shift = result.pose.data.double().cpu() - init  # from the candidate (the chips' centres: init offsets 0)
+        pose_local = torch.cat([shift[:, :2], result.pose.data[:, 2:].double().cpu()], dim=1)
         mean_cost = (result.cost / result.num_points.clamp(min=1)).double()
         mean_cost = torch.where(result.failed, torch.full_like(mean_cost, math.inf), mean_cost)
         best = int(torch.argmin(mean_cost))
         return {
             "best": best,
-            "pose_local": result.pose.data[best].double().cpu().numpy(),
+            "pose_local": pose_local[best].numpy(),
             "covariance": result.covariance[best].double().cpu().numpy(),
             "mean_cost": float(mean_cost[best]),
             "failed": bool(result.failed[best]) or not math.isfinite(float(mean_cost[best])),
         }
+
+    def _candidate_chips(self, found: Candidates) -> tuple[list[Tensor], list[Tensor], Any, Tensor]:
+        """Chips cut and encoded at the candidates (three levels), their geometry and the initial poses (K, 3)
+        (east, north relative to each chip's centre, true heading in radians)."""
+        from crossview.geometry.ground import MapChip
+
+        k = len(found.ids)
+        chips, _ = self.table.sampler.crop(found.centers_xy, device=self.device)
+        with torch.inference_mode():
+            c_feats, c_confs = self.model.map_refinement_features(chips)
+        init = torch.zeros(k, 3, dtype=torch.float64)
+        init[:, 2] = torch.from_numpy(np.deg2rad(found.heading_deg))
+        geometry = MapChip.square(torch.zeros(k, 2), self.chip_gsd_m, self.chip_px)
+        return [f.float() for f in c_feats], [c.float() for c in c_confs], geometry, init
+
+    def _raster_window_chip(self, found: Candidates) -> tuple[list[Tensor], list[Tensor], Any, Tensor]:
+        """The finest-level features (1, C, S, S) and confidences (1, 1, S, S; zero off the map) of the feature
+        raster window around a dense-search pose (as wide as a chip), its geometry, and the pose (1, 3) relative
+        to the window's centre cell."""
+        from crossview.geometry.ground import MapChip
+
+        raster = found.raster
+        east, north = raster.from_grid(*found.centers_xy[0])
+        half = self.chip_px // FINEST_STRIDE_PX // 2
+        features, confidences, valid, east_w, north_w = raster.window(east, north, half)
+        weights = (confidences * valid)[None, None].to(self.device)
+        geometry = MapChip.square(torch.zeros(1, 2), raster.cell_m, 2 * half + 1)
+        init = torch.tensor([[east - east_w, north - north_w, math.radians(float(found.heading_deg[0]))]])
+        return [features[None].to(self.device)], [weights], geometry, init.double()
 
     # ---- one image -----------------------------------------------------------------------------------------
     def result_for(self, item: Decoded, ground: Any, index: int) -> ImageResult:
@@ -733,8 +768,9 @@ def build_localizer(settings: Any, images: Sequence[str]) -> Localizer:
         priors=priors_table,
     )
     priors = image_priors(images, decode)
+    stored = None  # an index's feature raster
     if settings.index:
-        table = _table_from_index(settings, model, checkpoint, priors)
+        table, stored = _table_from_index(settings, model, checkpoint, priors)
     else:
         raster, map_name = _map_raster(settings, priors)
         check_map_modality(model.config, raster, map_name=map_name)
@@ -744,7 +780,8 @@ def build_localizer(settings: Any, images: Sequence[str]) -> Localizer:
     return Localizer(
         model,
         table,
-        dense_area=dense_area(table, priors),
+        dense_area=dense_area(table.bounds_xy, table.frame, priors),
+        feature_raster=stored,
         model_name=model_name,
         top_k=settings.top_k,
         decode=decode,
@@ -755,19 +792,30 @@ def build_localizer(settings: Any, images: Sequence[str]) -> Localizer:
     )
 
 
-def dense_area(table: ChipTable, priors: Sequence[Prior | None]) -> DenseArea | None:
+def searched_densely(prior: Prior, search: str, area: DenseArea | None) -> bool:
+    """Whether the dense search alone places an image with this prior (no chip retrieved): a prior disc up to
+    :data:`DENSE_MAX_RADIUS_M`, or no position prior on a map the run searches whole."""
+    if search != "dense":
+        return False
+    if prior.lat is not None and prior.radius_m is not None:
+        return float(prior.radius_m) <= DENSE_MAX_RADIUS_M
+    return area is not None and area.whole_map
+
+
+def dense_area(
+    bounds_xy: tuple[float, float, float, float], frame: LocalFrame, priors: Sequence[Prior | None]
+) -> DenseArea | None:
     """The square whose map features a run shares: around the prior discs when every image has a small one,
     else the whole map when it is small enough (see :data:`DENSE_SHARED_MAX_KM2` and
     :data:`DENSE_WHOLE_MAP_MAX_KM2`); None otherwise."""
     from crossview.retrieval.dense import DEFAULT_MAX_RANGE_M
 
-    bounds = table.sampler.raster.bounds()
-    west, south, east, north = bounds.left, bounds.bottom, bounds.right, bounds.top
+    west, south, east, north = bounds_xy
     usable = [p for p in priors if p is not None]
     small = bool(usable) and all(p.lat is not None and p.radius_m <= DENSE_MAX_RADIUS_M for p in usable)
     if small:
         reach_m = DEFAULT_MAX_RANGE_M + 5.0  # the templates reach beyond the disc, plus a few cells
-        xy = np.array([table.frame.to_xy(lat=p.lat, lon=p.lon) for p in usable], dtype=np.float64).reshape(-1, 2)
+        xy = np.array([frame.to_xy(lat=p.lat, lon=p.lon) for p in usable], dtype=np.float64).reshape(-1, 2)
         radius = np.array([p.radius_m * 1.001 + reach_m for p in usable])
         west, east = max(west, float((xy[:, 0] - radius).min())), min(east, float((xy[:, 0] + radius).max()))
         south, north = max(south, float((xy[:, 1] - radius).min())), min(north, float((xy[:, 1] + radius).max()))
@@ -807,17 +855,33 @@ def _fetch_source(settings: Any, priors: Sequence[Prior | None]) -> Any:
     return fetch_map(request)
 
 
-def _table_from_index(settings: Any, model: Any, checkpoint: Any, priors: Sequence[Prior | None]) -> ChipTable:
+def _table_from_index(
+    settings: Any, model: Any, checkpoint: Any, priors: Sequence[Prior | None]
+) -> tuple[ChipTable, Any]:
+    """The chips of an index and its stored feature raster (None for an index without one). The map is read only
+    when some image needs it: for retrieval or chip refinement, or when the index holds no feature raster."""
     from crossview.maps.raster import GeoRaster
     from crossview.retrieval import ChipIndex
 
     index = ChipIndex.load(settings.index, model_sha256=checkpoint.sha256)
     map_path = index.meta.get("map", {}).get("path")
+    map_name = Path(map_path).name if map_path else "?"
+    centers = index.centers_xy[in_prior_discs(index.centers_xy, index.frame, priors, margin_m=20.0)]
+    stored, bounds = index.feature_raster, index.meta.get("map", {}).get("bounds_xy")
+    if stored is not None and bounds is not None:
+        area = dense_area(tuple(bounds), index.frame, priors)
+        if all(p is None or searched_densely(p, settings.search, area) for p in priors):
+            table = ChipTable(centers, _no_columns, index.frame, None, map_name, index.geometry, tuple(bounds))
+            return table, stored
     if not map_path or not Path(map_path).is_file():
         raise LocateError(f"--index {settings.index}: its map {map_path} is not there (pass --map instead)")
     raster = GeoRaster.read(map_path)
-    check_map_modality(model.config, raster, map_name=Path(map_path).name)
+    check_map_modality(model.config, raster, map_name=map_name)
     sampler = index.chip_sampler(raster)
-    centers = index.centers_xy[in_prior_discs(index.centers_xy, index.frame, priors, margin_m=20.0)]
     encode = functools.partial(encode_chip_columns, model, sampler, device=settings.device)  # not in the index
-    return ChipTable(centers, encode, index.frame, sampler, Path(map_path).name)
+    bounds_xy = sampler_bounds_xy(sampler)
+    return ChipTable(centers, encode, index.frame, sampler, map_name, index.geometry, bounds_xy), stored
+
+
+def _no_columns(centers_xy: np.ndarray) -> Tensor:
+    raise LocateError("internal: chip columns asked of a run that reads only the index's feature raster")

@@ -28,6 +28,9 @@ from crossview.retrieval.chips import (
 )
 
 DEFAULT_BATCH_SIZE = 64
+FEATURES_MAX_KM2 = 16.0
+"""An index stores the map's dense-search features (about 3.6 MB per km^2) when the map is at most this large;
+``locate`` encodes the parts it needs of a larger map."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ def build_index(
     device: torch.device | str = "cpu",
     chip_extent_m: float | None = None,
     progress: bool | None = None,
+    dense_features: bool = True,
 ) -> ChipIndex:
     """Index the chips of a map with a model's aerial descriptors.
 
@@ -178,6 +182,8 @@ def build_index(
         device: where chips are cut and encoded.
         chip_extent_m: ground side of a chip in metres, overriding the model's footprint.
         progress: show a progress bar (default: when stderr is a terminal).
+        dense_features: also encode the map's finest refinement features (the dense search's map, see
+            :mod:`crossview.retrieval.feature_raster`) when the map is at most :data:`FEATURES_MAX_KM2`.
 
     Returns:
         The :class:`ChipIndex` (not yet saved).
@@ -203,6 +209,8 @@ def build_index(
             f"centred on the {stride_m:g} m lattice with >= {MIN_VALID_FRACTION:.0%} valid pixels"
         )
     seconds = time.perf_counter() - started
+    features = _map_features(source.model, sampler, device) if dense_features else None
+    feature_s = time.perf_counter() - started - seconds
     center = raster.center_latlon()
     map_info = {
         "fingerprint": map_fingerprint(raster),
@@ -212,6 +220,7 @@ def build_index(
         "center_lat": center.lat,
         "center_lon": center.lon,
         "sampled_gsd_m": float(np.mean(sampler.raster.res)),
+        "bounds_xy": list(_bounds_xy(sampler)),
     }
     build = {
         "encode_seconds": round(seconds, 3),
@@ -219,8 +228,9 @@ def build_index(
         "lattice_points": len(centers),
         "device": str(device),
         "batch_size": batch_size,
+        "feature_raster_seconds": round(feature_s, 3),
     }
-    return ChipIndex.from_descriptors(
+    index = ChipIndex.from_descriptors(
         descriptors,
         centers[kept],
         geometry=geometry,
@@ -230,3 +240,25 @@ def build_index(
         map_info=map_info,
         build=build,
     )
+    index.feature_raster = features
+    return index
+
+
+def _bounds_xy(sampler: ChipSampler) -> tuple[float, float, float, float]:
+    """West, south, east, north of the sampled map in the index frame, metres."""
+    bounds = sampler.raster.bounds()
+    return float(bounds.left), float(bounds.bottom), float(bounds.right), float(bounds.top)
+
+
+def _map_features(model: nn.Module, sampler: ChipSampler, device: torch.device | str) -> Any:
+    """The whole map's finest refinement features (None for a model without them or a map over
+    :data:`FEATURES_MAX_KM2`)."""
+    from crossview.encoders.decoder import LEVEL_STRIDES
+    from crossview.retrieval.feature_raster import encode_feature_raster
+
+    west, south, east, north = _bounds_xy(sampler)
+    if not hasattr(model, "map_refinement_features") or (east - west) * (north - south) > FEATURES_MAX_KM2 * 1e6:
+        return None
+    centre, half = (0.5 * (west + east), 0.5 * (south + north)), 0.5 * max(east - west, north - south)
+    frame = sampler.geometry.frame
+    return encode_feature_raster(model, sampler, frame, centre, half, cell_px=LEVEL_STRIDES[-1], device=str(device))

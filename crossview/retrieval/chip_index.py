@@ -10,7 +10,11 @@ indexes) of
   (``fingerprint``, ``path``, ``crs``, ``shape``, centre) and ``build`` (timing, device; informative);
 - ``centers_xy.npy``: (N, 2) float64 chip centres (x, y) in the index frame, metres;
 - ``latlon.npy``: (N, 2) float64 chip centres (lat, lon), WGS84 degrees;
-- ``index.faiss``: the FAISS index (``faiss.write_index``), chip id i = row i of the arrays.
+- ``index.faiss``: the FAISS index (``faiss.write_index``), chip id i = row i of the arrays;
+- optionally the map's finest refinement features for the dense search
+  (:class:`~crossview.retrieval.feature_raster.FeatureRaster`, described by ``meta.json``'s ``features``):
+  ``feature_raster.npy`` (C, R, R) float16, ``feature_confidences.npy`` (R, R) float16 and ``feature_valid.npy``
+  (R, R) bool.
 
 Nothing is unpickled: the arrays load with ``np.load(allow_pickle=False)``, the index with ``faiss.read_index``,
 and the archive's CRC-32 checks catch corrupt bytes.
@@ -50,11 +54,18 @@ from crossview.retrieval.ann import (
     search_parameters,
 )
 from crossview.retrieval.chips import ChipGeometry, ChipSampler, map_fingerprint
+from crossview.retrieval.feature_raster import FeatureRaster
 from crossview.retrieval.spatial import BucketGrid
 
 FORMAT = "crossview-chip-index"
 FORMAT_VERSION = 1
 MEMBERS = ("meta.json", "centers_xy.npy", "latlon.npy", "index.faiss")
+FEATURE_MEMBERS = {
+    "features": "feature_raster.npy",
+    "confidences": "feature_confidences.npy",
+    "valid": "feature_valid.npy",
+}
+"""The optional feature raster's arrays (:meth:`FeatureRaster.to_arrays` keys) and their members."""
 
 EXACT_SUBSET_MAX = 16_384
 """A prior disc holding at most this many chips is scored exactly (its vectors against the query); a larger one
@@ -188,6 +199,7 @@ class ChipIndex:
         latlon: (N, 2) chip centres (lat, lon), degrees.
         meta: the metadata (see the module docstring); ``index.type`` and ``index.params`` must match the index.
         path: the file it was loaded from (for messages).
+        feature_raster: the map's finest refinement features over the whole map (saved with the index), or None.
     """
 
     def __init__(
@@ -198,8 +210,10 @@ class ChipIndex:
         meta: Mapping[str, Any],
         *,
         path: Path | None = None,
+        feature_raster: FeatureRaster | None = None,
     ) -> None:
         self._faiss = faiss_index
+        self.feature_raster = feature_raster
         self.centers_xy = np.ascontiguousarray(centers_xy, dtype=np.float64)
         self.latlon = np.ascontiguousarray(latlon, dtype=np.float64)
         self.meta = json.loads(json.dumps(meta))
@@ -467,6 +481,10 @@ class ChipIndex:
             IndexFileError: the file cannot be written.
         """
         path = Path(path)
+        self.meta.pop("features", None)
+        arrays: dict[str, np.ndarray] = {}
+        if self.feature_raster is not None:
+            self.meta["features"], arrays = self.feature_raster.to_arrays()
         try:
             with (
                 atomic_path(path) as temp,
@@ -478,6 +496,9 @@ class ChipIndex:
                         np.save(handle, array, allow_pickle=False)
                 with archive.open("index.faiss", "w", force_zip64=True) as handle:
                     faiss.write_index(self._faiss, faiss.PyCallbackIOWriter(handle.write))
+                for name, array in arrays.items():
+                    with archive.open(FEATURE_MEMBERS[name], "w", force_zip64=True) as handle:
+                        np.save(handle, array, allow_pickle=False)
         except (OSError, RuntimeError, ValueError) as error:
             raise IndexFileError(f"cannot write index {path}: {_one_line(error)}") from None
         return path
@@ -513,6 +534,7 @@ class ChipIndex:
                 centers = _read_array(archive, "centers_xy.npy")
                 latlon = _read_array(archive, "latlon.npy")
                 index = _read_faiss(archive)
+                raster = _read_feature_raster(archive, meta)
         except IndexFileError:
             raise
         except (zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, ValueError, RuntimeError, EOFError) as error:
@@ -523,7 +545,7 @@ class ChipIndex:
         if int(meta.get("dim", -1)) != index.d or int(meta.get("count", -1)) != index.ntotal:
             raise IndexFileError(f"{path}: its metadata does not describe its FAISS index (corrupt?)")
         try:
-            chip_index = cls(index, centers, latlon, meta, path=path)
+            chip_index = cls(index, centers, latlon, meta, path=path, feature_raster=raster)
         except (ChipIndexError, KeyError, TypeError, CrossviewError) as error:
             raise IndexFileError(f"{path}: inconsistent chip index: {_one_line(error)}") from None
         chip_index.verify(model_sha256=model_sha256, map_fingerprint=map_fingerprint)
@@ -594,6 +616,14 @@ def _read_faiss(archive: zipfile.ZipFile) -> faiss.Index:
         index = faiss.read_index(faiss.PyCallbackIOReader(handle.read))
         _check_consumed(handle)
     return index
+
+
+def _read_feature_raster(archive: zipfile.ZipFile, meta: dict[str, Any]) -> FeatureRaster | None:
+    """The stored feature raster (None for an index without one); ValueError or KeyError when inconsistent."""
+    if "features" not in meta:
+        return None
+    arrays = {key: _read_array(archive, name) for key, name in FEATURE_MEMBERS.items()}
+    return FeatureRaster.from_arrays(meta["features"], arrays)
 
 
 def _check_consumed(handle: Any) -> None:

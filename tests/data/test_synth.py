@@ -40,6 +40,8 @@ from crossview.geometry.frames import LocalFrame
 from crossview.geometry.ground import image_to_ground
 from crossview.geometry.pose import Pose2
 from crossview.geometry.webmercator import latlon_to_pixel
+from crossview.imagemeta import read_image_metadata
+from crossview.inputs import choose_camera
 
 EARTH_EQUATOR_M = 2 * math.pi * 6378137.0
 ZOOM20_PIXEL_M = EARTH_EQUATOR_M / (256 * 2**20)
@@ -111,6 +113,9 @@ def test_poses_csv_lists_every_image_with_its_pose(world, poses):
         else:
             assert row["camera"] == "pinhole" and size == (320, 240)
             assert 0.0 <= heading < 360.0 and 60.0 <= float(row["fov_deg"]) <= 110.0
+            # A phone's EXIF: the whole-millimetre 35 mm focal length gives the field of view within 2 degrees.
+            camera = choose_camera(read_image_metadata(city / row["image"]), camera="auto", hfov_deg=None, height_m=2.0)
+            assert camera.model == "pinhole" and abs(camera.hfov_deg - float(row["fov_deg"])) < 2.0
             pano_id = Path(row["image"]).stem.rsplit("_", 1)[0]
             assert any(Path(r["image"]).name.startswith(pano_id + ",") for r in poses)
 

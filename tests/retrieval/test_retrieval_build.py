@@ -115,3 +115,30 @@ def test_maps_without_valid_chips_and_bad_settings_fail_clearly(built, tmp_path)
         build_index(tmp_path / "missing.tif", model)
     with pytest.raises(Exception, match="stride_m"):
         build_index(path, model, stride_m=0.0)
+
+
+def test_index_stores_the_maps_feature_raster_for_the_dense_search(built, tmp_path):
+    """The stored raster is the model's finest features of the whole map (as the dense search encodes them),
+    survives save and load as float16, and is left out on request."""
+    from crossview.encoders.decoder import LEVEL_STRIDES
+    from crossview.retrieval.feature_raster import encode_feature_raster
+
+    path, model, index = built
+    stored = index.feature_raster
+    west, south, east, north = index.meta["map"]["bounds_xy"]
+    assert east - west == pytest.approx(160.0, rel=0.05) and north - south == pytest.approx(160.0, rel=0.05)
+    assert stored.size * stored.cell_m >= max(east - west, north - south)
+    sampler = index.chip_sampler(GeoRaster.read(path))
+    centre = (0.5 * (west + east), 0.5 * (south + north))
+    fresh = encode_feature_raster(model, sampler, index.frame, centre, stored.size * stored.cell_m / 2, cell_px=4)
+    assert LEVEL_STRIDES[-1] == 4 and fresh.size == stored.size
+    torch.testing.assert_close(stored.features, fresh.features)
+    assert torch.equal(stored.valid, fresh.valid) and 0.5 < stored.valid.float().mean() < 0.95  # the masked corner
+    loaded = ChipIndex.load(index.save(tmp_path / "with.idx")).feature_raster
+    scale = stored.features.abs().max()
+    torch.testing.assert_close(loaded.features, stored.features, atol=float(scale) * 1e-3, rtol=0)
+    torch.testing.assert_close(loaded.confidences, stored.confidences, atol=1e-3, rtol=0)
+    assert torch.equal(loaded.valid, stored.valid) and loaded.encoder is None
+    assert loaded.cell_m == stored.cell_m and np.array_equal(loaded.center_xy, stored.center_xy)
+    without = build_index(path, model, stride_m=40.0, progress=False, dense_features=False)
+    assert without.feature_raster is None and ChipIndex.load(without.save(tmp_path / "none.idx")).feature_raster is None

@@ -76,11 +76,12 @@ def test_windows_read_the_cells_around_a_point_and_nothing_outside(sampler):
     cell, size = raster.cell_m, raster.size
     row, col = 5, 9
     east, north = (col + 0.5 - size / 2) * cell, (size / 2 - row - 0.5) * cell
-    features, valid, east_w, north_w = raster.window(east + 0.2 * cell, north - 0.3 * cell, 2)
+    features, confidences, valid, east_w, north_w = raster.window(east + 0.2 * cell, north - 0.3 * cell, 2)
     assert (east_w, north_w) == pytest.approx((east, north))
     torch.testing.assert_close(features, raster.features[:, row - 2 : row + 3, col - 2 : col + 3])
     assert torch.equal(valid, raster.valid[row - 2 : row + 3, col - 2 : col + 3])
-    features, valid, _, _ = raster.window(-(size / 2 + 1) * cell, 0.0, 2)  # left of the raster: 2 cells overlap
+    assert torch.equal(confidences, raster.confidences[row - 2 : row + 3, col - 2 : col + 3])
+    features, _, valid, _, _ = raster.window(-(size / 2 + 1) * cell, 0.0, 2)  # left of the raster: 2 cells overlap
     assert not valid[:, :3].any() and torch.equal(features[:, :, :3], torch.zeros(3, 5, 3))
     torch.testing.assert_close(features[:, :, 3:], raster.features[:, size // 2 - 2 : size // 2 + 3, :2])
 
@@ -104,18 +105,76 @@ def test_real_model_stitched_features_match_one_crop_inside(sampler, monkeypatch
 
 def test_a_run_shares_the_raster_of_its_prior_discs_or_of_a_small_whole_map(sampler):
     from crossview.export.records import Prior
-    from crossview.localize import ChipTable, dense_area
+    from crossview.localize import dense_area, sampler_bounds_xy
 
-    table = ChipTable(np.zeros((0, 2)), lambda centers: torch.zeros(0), sampler.geometry.frame, sampler, "map.tif")
     frame, (x, y) = sampler.geometry.frame, centre_xy(sampler)
+    bounds = sampler_bounds_xy(sampler)
     lat, lon = frame.to_latlon(x, y)
-    near = dense_area(table, [Prior("cli", 10.0, float(lat), float(lon)), None])
+    near = dense_area(bounds, frame, [Prior("cli", 10.0, float(lat), float(lon)), None])
     assert not near.whole_map and near.center_xy == pytest.approx((x, y), abs=0.5)
     assert near.half_extent_m == pytest.approx(10.0 + 35.0, abs=0.5)  # the disc plus the templates' reach
-    whole = dense_area(table, [Prior()])  # no position prior: the whole 160 m map
+    whole = dense_area(bounds, frame, [Prior()])  # no position prior: the whole 160 m map
     assert whole.whole_map and whole.half_extent_m == pytest.approx(80.0, rel=0.02)
     far_lat, far_lon = frame.to_latlon(x + 3000.0, y)  # a prior 3 km away, off the map
     apart = [Prior("cli", 10.0, float(lat), float(lon)), Prior("cli", 10.0, float(far_lat), float(far_lon))]
-    clipped = dense_area(table, apart)  # the box of both discs, clipped to the map
+    clipped = dense_area(bounds, frame, apart)  # the box of both discs, clipped to the map
     assert not clipped.whole_map and near.half_extent_m < clipped.half_extent_m <= whole.half_extent_m
-    assert dense_area(table, [Prior("cli", 400.0, float(lat), float(lon))]).whole_map  # wide prior, small map
+    assert dense_area(bounds, frame, [Prior("cli", 400.0, float(lat), float(lon))]).whole_map  # wide prior, small map
+
+
+class CountingEncoder(PoolingEncoder):
+    """:class:`PoolingEncoder` that counts the blocks it encodes (the probe of the channel count aside)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = 0
+
+    def map_refinement_features(self, chips):
+        if chips.shape[-1] > feature_raster_module.ENCODER_MULTIPLE_PX:
+            self.blocks += chips.shape[0]
+        return super().map_refinement_features(chips)
+
+
+def test_a_lazy_raster_encodes_each_block_once_when_a_window_first_needs_it(sampler, monkeypatch):
+    monkeypatch.setattr(feature_raster_module, "BLOCK_CELLS", 16)  # 3 x 3 blocks of 16 cells
+    half_m = 0.5 * 48 * CELL_PX * sampler.geometry.gsd_m
+    eager = encode_feature_raster(
+        PoolingEncoder(), sampler, sampler.geometry.frame, centre_xy(sampler), half_m, cell_px=CELL_PX
+    )
+    counting = CountingEncoder()
+    lazy = encode_feature_raster(
+        counting, sampler, sampler.geometry.frame, centre_xy(sampler), half_m, cell_px=CELL_PX, lazy=True
+    )
+    assert lazy.size == 48 and counting.blocks == 0 and not lazy.encoded.any()
+    cell = lazy.cell_m
+    north_west = (-(48 / 2 - 8) * cell, (48 / 2 - 8) * cell)  # the middle of the north-western block
+    features, _, valid, _, _ = lazy.window(*north_west, 3)
+    assert counting.blocks == 1 and lazy.encoded.sum() == 1 and bool(lazy.encoded[0, 0])
+    expected, _, expected_valid, _, _ = eager.window(*north_west, 3)
+    torch.testing.assert_close(features, expected)
+    assert torch.equal(valid, expected_valid)
+    lazy.window(*north_west, 3)  # already encoded: nothing more
+    assert counting.blocks == 1
+    lazy.window(0.0, 0.0, 5)  # cells 19 to 29 of both axes: only the middle block
+    assert counting.blocks == 2 and bool(lazy.encoded[1, 1])
+    lazy.ensure_all()
+    assert counting.blocks == 9 and lazy.encoded.all()
+    torch.testing.assert_close(lazy.features, eager.features)
+    assert torch.equal(lazy.valid, eager.valid) and torch.equal(lazy.confidences, eager.confidences)
+
+
+def test_stored_arrays_round_trip_and_inconsistent_ones_are_refused(sampler):
+    from crossview.retrieval.feature_raster import FeatureRaster
+
+    raster = encode_feature_raster(
+        PoolingEncoder(), sampler, sampler.geometry.frame, centre_xy(sampler), 20.0, cell_px=CELL_PX
+    )
+    meta, arrays = raster.to_arrays()
+    assert arrays["features"].dtype == np.float16 and arrays["valid"].dtype == np.bool_
+    back = FeatureRaster.from_arrays(meta, arrays)
+    torch.testing.assert_close(back.features, raster.features, atol=1e-3, rtol=0)
+    assert back.to_grid(3.0, -4.0) == pytest.approx(raster.to_grid(3.0, -4.0))
+    with pytest.raises(ValueError, match="do not match size"):
+        FeatureRaster.from_arrays({**meta, "size": raster.size + 1}, arrays)
+    with pytest.raises(ValueError, match="validity"):
+        FeatureRaster.from_arrays(meta, {**arrays, "valid": arrays["valid"].astype(np.uint8)})

@@ -5,7 +5,8 @@ For every town (see :mod:`crossview.data.synth.places`) it writes::
     <out>/<City>/map.tif                  orthophoto, EPSG:3857, zoom-20 pixels on the global grid
     <out>/<City>/osm.osm                  the town's vectors as OSM XML
     <out>/<City>/panorama/<id>,<lat>,<lon>,.jpg   north-aligned 360-degree panoramas (ray cast)
-    <out>/<City>/pinhole/<id>_<k>.jpg     level pinhole views from the panoramas' positions (optional)
+    <out>/<City>/pinhole/<id>_<k>.jpg     level pinhole views from the panoramas' positions (optional), with
+                                          EXIF FocalLengthIn35mmFilm as a phone writes it (their field of view)
     <out>/<City>/poses.csv                image,lat,lon,heading_deg,camera,fov_deg,camera_height_m
     <out>/<City>/satellite/..., <out>/splits/<City>/...   VIGOR tiles and labels (crossview.data.vigor)
     <out>/<City>/osm/...                  the OSM class tile of every aerial tile (crossview.data.synth.osmtiles)
@@ -49,6 +50,7 @@ from crossview.errors import ConfigError
 from crossview.geometry.webmercator import meters_per_pixel, pixel_to_latlon
 from crossview.maps.raster import GeoRaster
 
+EXIF_IFD, FOCAL_LENGTH_35MM_TAG = 0x8769, 0xA405
 POSES_HEADER = ("image", "lat", "lon", "heading_deg", "camera", "fov_deg", "camera_height_m")
 TILE_MARGIN_PX = 640  # every VIGOR tile holding a panorama lies within 640 px of it
 TILE_ALIGN_PX = 320  # the ortho's edges sit on multiples of the tile stride
@@ -264,10 +266,17 @@ def _poisson_pick(candidates: np.ndarray, chosen: list[np.ndarray], spacing: flo
     return picked
 
 
-def _jpeg_bytes(rgb: np.ndarray) -> bytes:
+def _jpeg_bytes(rgb: np.ndarray, hfov_deg: float | None = None) -> bytes:
+    """JPEG of an (H, W, 3) image in [0, 1]; with ``hfov_deg``, EXIF FocalLengthIn35mmFilm (whole millimetres,
+    18 mm / tan(hfov / 2) across the long side, as phones write it)."""
     buffer = io.BytesIO()
     image = np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    Image.fromarray(image, "RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    extra = {}
+    if hfov_deg is not None:
+        exif = Image.Exif()
+        exif.get_ifd(EXIF_IFD)[FOCAL_LENGTH_35MM_TAG] = round(18.0 / math.tan(math.radians(hfov_deg) / 2.0))
+        extra["exif"] = exif
+    Image.fromarray(image, "RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY, **extra)
     return buffer.getvalue()
 
 
@@ -456,7 +465,7 @@ def _render_cameras(city_dir: Path, scene: GroundScene, shots: list[_Shot], sett
         else:
             view = pinhole_view(pin_w, pin_h, shot.fov_deg, shot.grid_heading_deg)
         rgb, _ = renderer.render(view, shot.cam_xy[0], shot.cam_xy[1], shot.cam_h)
-        (city_dir / shot.image).write_bytes(_jpeg_bytes(rgb))
+        (city_dir / shot.image).write_bytes(_jpeg_bytes(rgb, None if shot.camera == "panorama" else shot.fov_deg))
 
     # Each image is a pure function of its shot and goes to its own file; numpy and Pillow release the GIL.
     with ThreadPoolExecutor(max_workers=worker_count()) as pool:
