@@ -145,7 +145,7 @@ def bench_locate(config: BenchConfig) -> dict[str, Any]:
 
 def _time_locate(args: list[str], out: Path, images: int) -> dict[str, Any]:
     """Wall time, images/s and peak memory of one ``crossview locate`` command (interpreter start, model load and
-    the map's feature raster included)."""
+    index load included)."""
     argv = [sys.executable, "-m", "crossview", "locate", *args, "--out", str(out), "--workers", "1"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     started = time.perf_counter()

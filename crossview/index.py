@@ -137,11 +137,18 @@ def run(args: argparse.Namespace) -> int:
 def _summary(index: Any, out: Path) -> str:
     chips, build, model = index.meta["chips"], index.meta["build"], index.meta["model"]
     size_mb = out.stat().st_size / 1e6
+    raster = index.feature_raster
+    features = (
+        f", the map's dense-search features ({raster.size}x{raster.size} cells of {raster.cell_m:.2f} m) in "
+        f"{build.get('feature_raster_seconds', 0.0):.1f} s"
+        if raster is not None
+        else ""
+    )
     return (
         f"indexed {len(index)} chips ({chips['size_px']} px over {chips['extent_m']:.1f} m, every "
         f"{chips['stride_m']:g} m, frame EPSG:{chips['frame_epsg']}) with {model['name']} in "
-        f"{build['encode_seconds']:.1f} s ({build['chips_per_s']:.1f} chips/s); {index.index_type} index, "
-        f"wrote {out} ({size_mb:.1f} MB)"
+        f"{build['encode_seconds']:.1f} s ({build['chips_per_s']:.1f} chips/s){features}; {index.index_type} "
+        f"index, wrote {out} ({size_mb:.1f} MB)"
     )
 
 
@@ -150,8 +157,10 @@ Cut chips on a square lattice over a map's valid area (true-north-up, the model'
 footprint: a 640-px zoom-20 VIGOR tile at the map's latitude unless the model says otherwise), encode them with
 the model's aerial branch and write a FAISS index of their descriptors with the chip centres (UTM of the map's
 centre and WGS84), the map's fingerprint and the model's SHA-256, so that 'crossview locate --index' refuses a
-map or model the index was not built from. An existing --out is kept when it is up to date and never replaced
-without --overwrite.
+map or model the index was not built from. A map of up to 16 km^2 also gets its finest refinement features
+(the dense search's map, 4 to 16 MB per km^2 from the equator to 60 degrees of latitude): 'locate --index' then
+encodes no map, and reads the map file only for retrieval (priors wider than 250 m, no prior on a large map,
+--search retrieval). An existing --out is kept when it is up to date and never replaced without --overwrite.
 
 examples:
   crossview index --map world/Berlin/map.tif --model synth-v1 --out berlin.idx

@@ -76,8 +76,8 @@ DENSE_MAX_REFINE_SHIFT_M = 5.0
 dense pose is kept."""
 DENSE_SHARED_MAX_KM2 = 16.0
 """The map's features are shared by a run (each block encoded once, when an image first needs it) when the
-images' prior discs fit in a square this large (its raster takes about 7 MB per km^2); otherwise each disc is
-encoded for its image. An index's stored raster is always shared."""
+images' prior discs fit in a square this large (its raster takes 4 MB per km^2 at the equator, 16 MB at 60
+degrees of latitude); otherwise each disc is encoded for its image. An index's stored raster is always shared."""
 DENSE_WHOLE_MAP_MAX_KM2 = 0.25
 """Images without a prior are searched densely over the whole map when it is this small (a correlation over
 0.25 km^2 takes about a second on 2 cores); larger maps are searched around the retrieved chips."""
@@ -600,8 +600,8 @@ class Localizer:
         features, confidences, valid, east_w, north_w = raster.window(east, north, half)
         weights = (confidences * valid)[None, None].to(self.device)
         geometry = MapChip.square(torch.zeros(1, 2), raster.cell_m, 2 * half + 1)
-        init = torch.tensor([[east - east_w, north - north_w, math.radians(float(found.heading_deg[0]))]])
-        return [features[None].to(self.device)], [weights], geometry, init.double()
+        pose = [east - east_w, north - north_w, math.radians(float(found.heading_deg[0]))]
+        return [features[None].to(self.device)], [weights], geometry, torch.tensor([pose], dtype=torch.float64)
 
     # ---- one image -----------------------------------------------------------------------------------------
     def result_for(self, item: Decoded, ground: Any, index: int) -> ImageResult:

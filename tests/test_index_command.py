@@ -60,6 +60,10 @@ def test_index_command_writes_an_index_of_the_map_for_synth_v1(built):
     result = index.search(index.vectors(range(len(index))), 1)
     assert result.ids[:, 0].tolist() == list(range(len(index)))
     assert not list(out.parent.glob(".*.tmp"))
+    # the map's dense-search features: 4 m-ish cells (stride 4 of the chips' pixels) over the whole 160 m map
+    raster = index.feature_raster
+    assert raster.cell_m == pytest.approx(4 * index.geometry.gsd_m) and raster.size * raster.cell_m >= 160.0
+    assert raster.features.shape[0] == 16 and 0.5 < raster.valid.float().mean() < 0.95  # the masked corner
 
 
 def test_rerun_with_the_same_inputs_keeps_the_file(built, capsys):

@@ -29,8 +29,8 @@ from crossview.retrieval.chips import (
 
 DEFAULT_BATCH_SIZE = 64
 FEATURES_MAX_KM2 = 16.0
-"""An index stores the map's dense-search features (about 3.6 MB per km^2) when the map is at most this large;
-``locate`` encodes the parts it needs of a larger map."""
+"""An index stores the map's dense-search features (4 MB per km^2 at the equator, 16 MB at 60 degrees of
+latitude) when the map is at most this large; ``locate`` encodes the parts it needs of a larger map."""
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ def bev_templates(
     stacked = torch.cat([features, confidence], dim=1)
     sampled = _sample(stacked, uv, wrap=camera.model == "panorama")  # (N, C + 1, P)
     weights = sampled[:, -1:] * (seen & ring.reshape(1, -1))[:, None].to(sampled)
-    templates = (sampled[:, :-1] * weights).reshape(count, -1, k, k)
+    templates = (sampled[:, :-1] * weights).reshape(count, -1, k, k).contiguous()  # FFTs of contiguous rows
     return BevTemplates(templates, weights.reshape(count, 1, k, k), headings_rad, float(cell_m))
 
 
@@ -138,7 +138,8 @@ def correlate(map_features: Tensor, templates: BevTemplates) -> Tensor:
     size = (fft_size(rows + k), fft_size(cols + k))
     spectrum_map = torch.fft.rfft2(map_features.float(), s=size)
     spectrum_templates = torch.fft.rfft2(templates.features.float(), s=size)
-    circular = torch.fft.irfft2((spectrum_map[None] * spectrum_templates.conj()).sum(dim=1), s=size)
+    products = torch.einsum("cuv,ncuv->nuv", spectrum_map, spectrum_templates.conj())  # summed over channels
+    circular = torch.fft.irfft2(products, s=size)
     scores = torch.roll(circular, shifts=(half, half), dims=(-2, -1))[:, :rows, :cols]
     total_weight = templates.weights.sum(dim=(1, 2, 3)).clamp(min=1e-6)
     return scores / total_weight[:, None, None]
