@@ -124,7 +124,7 @@ class FeatureRaster:
         north = (self.size / 2 - block_row * block - block / 2) * self.cell_m
         return east, north
 
-    def write_block(self, block_row: int, block_col: int, features: Tensor, confidences: Tensor, valid: Tensor):
+    def write_block(self, block_row: int, block_col: int, features: Tensor, confidences: Tensor, valid: Tensor) -> None:
         """Store one encoded block: features (C, B, B), confidences (B, B), valid (B, B)."""
         block = self.size // self.encoded.shape[-1]
         rows = slice(block_row * block, (block_row + 1) * block)
