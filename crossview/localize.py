@@ -219,13 +219,7 @@ def chip_table_from_map(
     if len(centers) == 0:
         raise LocateError(f"map {map_name}: no valid {geometry.extent_m:.0f} m chip where the images may be")
     encode = functools.partial(encode_chip_columns, model, sampler, device=device)
-    return ChipTable(centers, encode, geometry.frame, sampler, map_name, geometry, sampler_bounds_xy(sampler))
-
-
-def sampler_bounds_xy(sampler: Any) -> tuple[float, float, float, float]:
-    """West, south, east, north of a sampler's map in its frame, metres."""
-    bounds = sampler.raster.bounds()
-    return float(bounds.left), float(bounds.bottom), float(bounds.right), float(bounds.top)
+    return ChipTable(centers, encode, geometry.frame, sampler, map_name, geometry, sampler.bounds_xy())
 
 
 # ---- decoding (worker processes) ---------------------------------------------------------------------------
@@ -879,7 +873,7 @@ def _table_from_index(
     check_map_modality(model.config, raster, map_name=map_name)
     sampler = index.chip_sampler(raster)
     encode = functools.partial(encode_chip_columns, model, sampler, device=settings.device)  # not in the index
-    bounds_xy = sampler_bounds_xy(sampler)
+    bounds_xy = sampler.bounds_xy()
     return ChipTable(centers, encode, index.frame, sampler, map_name, index.geometry, bounds_xy), stored
 
 

@@ -220,7 +220,7 @@ def build_index(
         "center_lat": center.lat,
         "center_lon": center.lon,
         "sampled_gsd_m": float(np.mean(sampler.raster.res)),
-        "bounds_xy": list(_bounds_xy(sampler)),
+        "bounds_xy": list(sampler.bounds_xy()),
     }
     build = {
         "encode_seconds": round(seconds, 3),
@@ -244,19 +244,13 @@ def build_index(
     return index
 
 
-def _bounds_xy(sampler: ChipSampler) -> tuple[float, float, float, float]:
-    """West, south, east, north of the sampled map in the index frame, metres."""
-    bounds = sampler.raster.bounds()
-    return float(bounds.left), float(bounds.bottom), float(bounds.right), float(bounds.top)
-
-
 def _map_features(model: nn.Module, sampler: ChipSampler, device: torch.device | str) -> Any:
     """The whole map's finest refinement features (None for a model without them or a map over
     :data:`FEATURES_MAX_KM2`)."""
     from crossview.encoders.decoder import LEVEL_STRIDES
     from crossview.retrieval.feature_raster import encode_feature_raster
 
-    west, south, east, north = _bounds_xy(sampler)
+    west, south, east, north = sampler.bounds_xy()
     if not hasattr(model, "map_refinement_features") or (east - west) * (north - south) > FEATURES_MAX_KM2 * 1e6:
         return None
     centre, half = (0.5 * (west + east), 0.5 * (south + north)), 0.5 * max(east - west, north - south)

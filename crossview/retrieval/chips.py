@@ -276,6 +276,11 @@ class ChipSampler:
         for start in range(0, len(centers), batch_size):
             yield (start, *self.crop(centers[start : start + batch_size], device=device))
 
+    def bounds_xy(self) -> tuple[float, float, float, float]:
+        """West, south, east, north of the sampled map in the chips' frame, metres."""
+        bounds = self.raster.bounds()
+        return float(bounds.left), float(bounds.bottom), float(bounds.right), float(bounds.top)
+
     def lattice(self, stride_m: float) -> np.ndarray:
         """Centres of a square lattice of step ``stride_m`` (at integer multiples of it in the frame) whose map
         pixel is valid, row by row from the south-west.

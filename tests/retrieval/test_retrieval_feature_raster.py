@@ -106,10 +106,10 @@ def test_real_model_stitched_features_match_one_crop_inside(sampler, monkeypatch
 
 def test_a_run_shares_the_raster_of_its_prior_discs_or_of_a_small_whole_map(sampler):
     from crossview.export.records import Prior
-    from crossview.localize import dense_area, sampler_bounds_xy
+    from crossview.localize import dense_area
 
     frame, (x, y) = sampler.geometry.frame, centre_xy(sampler)
-    bounds = sampler_bounds_xy(sampler)
+    bounds = sampler.bounds_xy()
     lat, lon = frame.to_latlon(x, y)
     near = dense_area(bounds, frame, [Prior("cli", 10.0, float(lat), float(lon)), None])
     assert not near.whole_map and near.center_xy == pytest.approx((x, y), abs=0.5)
