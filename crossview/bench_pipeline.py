@@ -25,7 +25,7 @@ import torch
 
 from crossview.bench import BenchConfig, batch_figures, time_call
 
-MODEL = "synth-v4"
+MODEL = "synth-v5"
 
 
 def bench_encoder(config: BenchConfig) -> dict[str, Any]:

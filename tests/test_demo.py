@@ -25,8 +25,9 @@ def test_demo_writes_results_figure_and_summary(tmp_path, capsys):
     assert summary["all"]["located"] == 12 and summary["failed"] == 0
     # Every pose lies within its prior: 100 m around a point at most 50 m from the truth.
     assert summary["all"]["p90_position_error_m"] <= 150.0
-    # The locate issue's targets for panoramas with a 100 m prior: median 2 m and 3 degrees (measured 0.5 m and
-    # 1.2 degrees; pinhole views: 3.3 m and 3.7 degrees here, and they miss the targets on the held-out town).
+    # The locate issue's targets for panoramas with a 100 m prior: median 2 m and 3 degrees (measured 0.3 m and
+    # 0.8 degrees). Pinhole views are not asserted: three of these six land within 5 m, so their median (5.5 m) is
+    # decided by a single view; the held-out town's 100 are measured in the README (1.9 m, 3.2 degrees).
     panoramas = summary["panorama"]
     assert panoramas["median_position_error_m"] <= 2.0 and panoramas["median_heading_error_deg"] <= 3.0, panoramas
     frame = geopandas.read_file(out / "results.geojson")

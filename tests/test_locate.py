@@ -54,7 +54,7 @@ def test_locate_writes_geojson_that_gdal_reads(town, tmp_path, capsys):
     assert len(poses) == 8 and set(poses["status"]) == {"ok"}
     assert set(frame["kind"]) == {"pose", "ellipse", "heading"}
     results, meta = read_results(out)
-    assert meta["model"] == "synth-v4" and meta["settings"]["top_k"] == 3
+    assert meta["model"] == "synth-v5" and meta["settings"]["top_k"] == 3
     assert [r.camera.model for r in results] == ["panorama"] * 4 + ["pinhole"] * 4
     assert all(r.prior.source == "cli" and r.prior.radius_m == 30.0 for r in results)
     errors = pose_errors(results, town / "poses.csv")
@@ -62,14 +62,15 @@ def test_locate_writes_geojson_that_gdal_reads(town, tmp_path, capsys):
     # Every pose lies inside its prior disc (30 m around a position 10 m from the truth).
     assert np.nanmax([e.position_m for e in errors]) < 40.0, summary
     # The easy cases, panoramas with a 30 m prior, meet the locate issue's targets: median position error 2 m and
-    # heading error 3 degrees (measured: 1.2, 0.6, 0.6 and 2.3 m; 1.6, 2.8, 0.8 and 0.0 degrees).
+    # heading error 3 degrees (measured: 0.8, 1.2, 0.6 and 2.1 m; 1.5, 2.9, 2.0 and 0.4 degrees).
     panoramas = summarize([e for e in errors if e.camera == "panorama"])
     assert panoramas["median_position_error_m"] <= 2.0 and panoramas["median_heading_error_deg"] <= 3.0, panoramas
-    # Pinhole views (their field of view from EXIF) miss those targets on the held-out town; here three of the four
-    # land within 5 m, two of them also within 10 degrees (measured: 19.2, 1.8, 2.5 and 1.4 m; 55, 3.3, 19 and 7.0
-    # degrees).
-    pinholes = [e for e in errors if e.camera == "pinhole" and e.position_m <= 5.0]
-    assert len(pinholes) >= 3 and sum(e.heading_deg <= 10.0 for e in pinholes) >= 2, summary
+    # Pinhole views (their field of view from EXIF) meet the position target; three of the four land within 5 m and
+    # 10 degrees (measured: 1.1, 0.8, 20.6 and 1.7 m; 3.5, 3.7, 59 and 7.0 degrees).
+    pinholes = summarize([e for e in errors if e.camera == "pinhole"])
+    found = [e for e in errors if e.camera == "pinhole" and e.position_m <= 5.0]
+    assert len(found) >= 3 and all(e.heading_deg <= 10.0 for e in found), summary
+    assert pinholes["median_position_error_m"] <= 2.0, pinholes
     assert all(np.isfinite(r.position_std_m) and 0 <= r.heading_deg < 360 for r in results)
     assert sidecar_path(out).is_file() and len(read_jsonl(sidecar_path(out))) == 8
 
@@ -137,7 +138,7 @@ def test_an_index_with_its_feature_raster_locates_without_the_map(town, tmp_path
     map_copy = tmp_path / "map.tif"
     shutil.copy(town / "map.tif", map_copy)
     index = tmp_path / "town.idx"
-    assert cli_main(["index", "--map", str(map_copy), "--model", "synth-v4", "--out", str(index)]) == 0
+    assert cli_main(["index", "--map", str(map_copy), "--model", "synth-v5", "--out", str(index)]) == 0
     map_copy.unlink()  # the dense search in small prior discs reads only the index's feature raster
     priors = town.parent.parent / "priors.csv"
     common = [str(town / "panorama"), "--index", str(index), "--priors", str(priors), "--workers", "0"]
