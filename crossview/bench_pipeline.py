@@ -24,8 +24,7 @@ from typing import Any
 import torch
 
 from crossview.bench import BenchConfig, batch_figures, time_call
-
-MODEL = "synth-v5"
+from crossview.locate import DEFAULT_MODEL as MODEL
 
 
 def bench_encoder(config: BenchConfig) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any
 from crossview.cli import EXIT_OK, Command
 from crossview.errors import ConfigError
 from crossview.fsio import atomic_write_json
+from crossview.locate import DEFAULT_MODEL
 
 DEMO_SEED = 4242
 DEMO_TOWN = "Bergen"  # never in the shipped models' training towns; UTM zone 32V, convergence -3.2 degrees
@@ -61,7 +62,7 @@ def write_noisy_priors(
 def run_demo(
     out: Path,
     *,
-    model: str = "synth-v5",
+    model: str = DEFAULT_MODEL,
     seed: int = DEMO_SEED,
     size_m: float = 150.0,
     panoramas: int = 12,
@@ -165,7 +166,7 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
-    parser.add_argument("--model", default="synth-v5", help="model name or checkpoint (default synth-v5)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or checkpoint (default {DEFAULT_MODEL})")
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help=f"town seed (default {DEMO_SEED})")
     parser.add_argument("--size-m", dest="size_m", type=float, default=150.0, help="town size, m (default 150)")
     parser.add_argument("--panoramas", type=int, default=12, help="panoramas (default 12, each with a pinhole view)")
