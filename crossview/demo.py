@@ -104,7 +104,7 @@ def run_demo(
         f"(priors: {PRIOR_OFFSET_M:g} m off, radius {PRIOR_RADIUS_M:g} m)"
     )
     settings = LocateSettings(
-        inputs=(str(town / "panorama"), str(town / "pinhole")),
+        inputs=(str(town / "panorama"), str(town / "pinhole")) if pinholes else (str(town / "panorama"),),
         out=str(out / "results.geojson"),
         model=model,
         index=str(out / "area.idx"),
@@ -169,19 +169,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or checkpoint (default {DEFAULT_MODEL})")
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help=f"town seed (default {DEMO_SEED})")
     parser.add_argument("--size-m", dest="size_m", type=float, default=150.0, help="town size, m (default 150)")
-    parser.add_argument("--panoramas", type=int, default=12, help="panoramas (default 12, each with a pinhole view)")
+    parser.add_argument("--panoramas", type=int, default=12, help="panoramas (default 12)")
+    parser.add_argument("--pinholes", type=int, default=1, help="pinhole views cut from each panorama (default 1)")
     parser.add_argument("--workers", type=int, default=1, help="image decoding processes (default 1)")
 
 
 def main(args: argparse.Namespace) -> int:
+    from crossview.data.synth.world import MAX_PINHOLES
+
     if args.panoramas < 1:
         raise ConfigError(f"--panoramas {args.panoramas}: must be at least 1")
+    if not 0 <= args.pinholes <= MAX_PINHOLES:
+        raise ConfigError(f"--pinholes {args.pinholes}: must be between 0 and {MAX_PINHOLES}")
     summary = run_demo(
         Path(args.out),
         model=args.model,
         seed=args.seed,
         size_m=args.size_m,
         panoramas=args.panoramas,
+        pinholes=args.pinholes,
         workers=args.workers,
         log=lambda text: print(text, file=sys.stderr),
     )
