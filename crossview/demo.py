@@ -137,11 +137,13 @@ def run_demo(
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The demo's table: one row per camera kind and one for all images."""
+    """The demo's table: one row per camera kind that has images and one for all images."""
     header = f"{'images':<10}{'n':>4}{f'recall@1 ({WITHIN_M:g} m)':>16}{'median m':>10}{'p90 m':>8}{'heading':>9}"
     lines = [header, "-" * len(header)]
     for key in ("panorama", "pinhole", "all"):
         s = summary[key]
+        if not s["images"]:
+            continue
         lines.append(
             f"{key:<10}{s['images']:>4}{s[f'recall_{WITHIN_M:g}m']:>16.0%}{s['median_position_error_m']:>10.1f}"
             f"{s['p90_position_error_m']:>8.1f}{s['median_heading_error_deg']:>8.1f}°"

@@ -52,3 +52,15 @@ def test_demo_rejects_bad_counts_with_one_line_before_writing(tmp_path, capsys, 
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error
     assert not out.exists()
+
+
+def test_the_table_leaves_out_camera_kinds_without_images():
+    def figures(images: int, median_m: float) -> dict:
+        keys = ("median_position_error_m", "p90_position_error_m", "median_heading_error_deg")
+        return {"images": images, "recall_5m": 1.0 if images else 0.0, **dict.fromkeys(keys, median_m)}
+
+    summary = {"panorama": figures(4, 0.5), "pinhole": figures(0, float("nan")), "all": figures(4, 0.5)}
+    summary["all"]["images_per_s"], summary["total_seconds"] = 2.0, 9.0
+    rows = format_summary(summary).splitlines()
+    assert [row.split()[0] for row in rows[2:4]] == ["panorama", "all"] and "nan" not in format_summary(summary)
+    assert rows[-1] == "2.00 images/s (locate), 9 s in all"
