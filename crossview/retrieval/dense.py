@@ -124,7 +124,9 @@ def correlate(map_features: Tensor, templates: BevTemplates) -> Tensor:
     """Mean feature similarity of every template placed at every cell of a feature raster.
 
     ``scores[n, r, c] = sum_{i, j} <map[:, r + i - h, c + j - h], T[n, :, i, j]> / sum_{i, j} w[n, i, j]``
-    with h = k // 2 and the map zero outside; computed with FFTs of side :func:`fft_size` (S + k).
+    with h = k // 2 and the map zero outside; computed with FFTs of side :func:`fft_size` (max(S + h, k)): the circular
+    correlation's lag ``r - h`` reads map rows ``r - h .. r + h``, which for ``0 <= r < S`` fall in the map or in
+    its ``h`` rows of zero padding on either side (the padding wraps around), so no output sees the map twice.
 
     Args:
         map_features: (C, S_r, S_c) north-up feature raster (cells of ``templates.cell_m``).
@@ -135,7 +137,7 @@ def correlate(map_features: Tensor, templates: BevTemplates) -> Tensor:
     """
     rows, cols = map_features.shape[-2:]
     k, half = templates.features.shape[-1], templates.radius_cells
-    size = (fft_size(rows + k), fft_size(cols + k))
+    size = (fft_size(max(rows + half, k)), fft_size(max(cols + half, k)))
     spectrum_map = torch.fft.rfft2(map_features.float(), s=size)
     spectrum_templates = torch.fft.rfft2(templates.features.float(), s=size)
     products = torch.einsum("cuv,ncuv->nuv", spectrum_map, spectrum_templates.conj())  # summed over channels

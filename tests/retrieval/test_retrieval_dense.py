@@ -62,13 +62,21 @@ def heading_error_deg(a_rad: float, b_deg: float) -> float:
     return abs((math.degrees(a_rad) - b_deg + 180.0) % 360.0 - 180.0)
 
 
-def test_fft_correlation_equals_direct_convolution():
+@pytest.mark.parametrize(
+    ("rows", "cols", "k"),
+    [
+        (23, 31, 7),
+        (27, 29, 7),  # S + k // 2 = 30 and 32, already FFT sizes: the tightest padding that is exact
+        (2, 3, 9),  # a map smaller than the template
+    ],
+)
+def test_fft_correlation_equals_direct_convolution(rows: int, cols: int, k: int):
     generator = torch.Generator().manual_seed(0)
-    map_features = torch.randn(5, 23, 31, generator=generator)
-    features = torch.randn(3, 5, 7, 7, generator=generator)
-    weights = torch.rand(3, 1, 7, 7, generator=generator)
+    map_features = torch.randn(5, rows, cols, generator=generator)
+    features = torch.randn(3, 5, k, k, generator=generator)
+    weights = torch.rand(3, 1, k, k, generator=generator)
     templates = BevTemplates(features, weights, torch.zeros(3), 1.0)
-    direct = F.conv2d(map_features[None], features, padding=3)[0] / weights.sum(dim=(1, 2, 3))[:, None, None]
+    direct = F.conv2d(map_features[None], features, padding=k // 2)[0] / weights.sum(dim=(1, 2, 3))[:, None, None]
     torch.testing.assert_close(correlate(map_features, templates), direct, atol=1e-4, rtol=1e-4)
 
 
