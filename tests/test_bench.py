@@ -110,3 +110,14 @@ def test_module_entry_version_and_help() -> None:
     bench_help = run_module("bench", "--help")
     assert bench_help.returncode == 0 and "crossview bench --quick" in bench_help.stdout
     assert "--batch" not in bench_help.stdout  # a hidden test option
+
+
+def test_locate_stage_reads_the_seconds_spent_on_images_from_locates_summary_line() -> None:
+    from crossview.bench_pipeline import summary_seconds
+    from crossview.locate import LocateSummary
+
+    summary = LocateSummary(total=40, ok=39, failed=1, seconds=9.83)
+    stderr = f"locate: 100%|####| 40/40\n{summary.line()}\n  a.jpg: not an image\n"
+    assert summary_seconds(stderr) == 9.8
+    with pytest.raises(RuntimeError, match="no summary line"):
+        summary_seconds("Traceback (most recent call last):\n")
