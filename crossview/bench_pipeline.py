@@ -160,7 +160,7 @@ def _time_locate(args: list[str], out: Path, images: int) -> dict[str, Any]:
         "images": images,
         "per_s": round(images / seconds, 2),
         "images_seconds": round(images_s, 2),
-        "images_per_s": round(images / images_s, 2),
+        "images_per_s": round(images / images_s, 2) if images_s > 0 else None,  # the summary rounds to 0.1 s
         "peak_rss_mb": round(peak_kb / 1024.0, 1),
         "note": "seconds, per_s: wall time of the whole command, interpreter start and model load included; "
         "images_seconds, images_per_s: from the first image to the last (the rate of a long run), as locate's "
