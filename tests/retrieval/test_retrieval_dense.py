@@ -80,6 +80,36 @@ def test_fft_correlation_equals_direct_convolution(rows: int, cols: int, k: int)
     torch.testing.assert_close(correlate(map_features, templates), direct, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("camera", ["panorama", "pinhole"])
+def test_templates_of_quarter_turned_headings_are_the_sampled_ones_turned(camera: str):
+    generator = torch.Generator().manual_seed(1)
+    features, confidence = torch.randn(1, 6, 16, 64, generator=generator), torch.rand(1, 1, 16, 64, generator=generator)
+    cam = PanoramaCamera(64, 16) if camera == "panorama" else PinholeCamera.from_hfov(64, 16, 100.0)
+    common = {"cell_m": 1.0, "max_range_m": 9.0, "min_range_m": 1.0}
+    headings = 0.3 + torch.arange(8, dtype=torch.float32) * (2 * math.pi / 8)
+    turned = bev_templates(features, confidence, cam, 1.6, headings_rad=headings, **common)
+    assert turned.quarter_turns and turned.features.shape == (8, 6, 19, 19)
+    for n, heading in enumerate(headings):  # one heading alone is sampled
+        sampled = bev_templates(features, confidence, cam, 1.6, headings_rad=heading[None], **common)
+        assert not sampled.quarter_turns
+        torch.testing.assert_close(turned.features[n], sampled.features[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(turned.weights[n], sampled.weights[0], atol=1e-4, rtol=1e-4)
+    uneven = bev_templates(features, confidence, cam, 1.6, headings_rad=headings[:6], **common)
+    assert not uneven.quarter_turns
+
+
+def test_correlation_of_quarter_turned_templates_equals_direct_convolution():
+    generator = torch.Generator().manual_seed(2)
+    map_features = torch.randn(5, 21, 34, generator=generator)  # not square: turned maps change shape
+    base = torch.randn(2, 5, 7, 7, generator=generator)
+    base_weights = torch.rand(2, 1, 7, 7, generator=generator)
+    features = torch.cat([torch.rot90(base, -q, dims=(-2, -1)) for q in range(4)])  # clockwise quarter turns
+    weights = torch.cat([torch.rot90(base_weights, -q, dims=(-2, -1)) for q in range(4)])
+    templates = BevTemplates(features, weights, torch.arange(8) * (math.pi / 4), 1.0, quarter_turns=True)
+    direct = F.conv2d(map_features[None], features, padding=3)[0] / weights.sum(dim=(1, 2, 3))[:, None, None]
+    torch.testing.assert_close(correlate(map_features, templates), direct, atol=1e-4, rtol=1e-4)
+
+
 def test_templates_keep_only_the_ring_and_what_the_camera_sees():
     features = torch.ones(1, 4, 64, 64)  # 90 degrees both ways: the ground from 1.6 m out
     confidence = torch.ones(1, 1, 64, 64)
