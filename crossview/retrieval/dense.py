@@ -165,7 +165,8 @@ def correlate(map_features: Tensor, templates: BevTemplates) -> Tensor:
         return _correlation_sums(map_features.float(), templates.features.float(), {}) / total_weight[:, None, None]
     # template n + q N/4 is template n turned clockwise q times (R^q), and correlating with R^q t equals turning
     # the map by R^-q, correlating with t and turning the scores back: a quarter of the templates' FFTs
-    base, spectra = templates.features[: len(templates.features) // 4].float(), {}
+    base = templates.features[: len(templates.features) // 4].float()
+    spectra: dict[tuple[int, int], Tensor] = {}  # the base templates' spectra, by FFT size (two when not square)
     scores = [
         _turn_clockwise(_correlation_sums(_turn_clockwise(map_features.float(), -q), base, spectra), q)
         for q in range(4)
@@ -173,7 +174,7 @@ def correlate(map_features: Tensor, templates: BevTemplates) -> Tensor:
     return torch.cat(scores) / total_weight[:, None, None]
 
 
-def _correlation_sums(map_features: Tensor, templates: Tensor, spectra: dict) -> Tensor:
+def _correlation_sums(map_features: Tensor, templates: Tensor, spectra: dict[tuple[int, int], Tensor]) -> Tensor:
     """(N, S_r, S_c) unnormalised scores of (N, C, k, k) templates over a (C, S_r, S_c) raster (see
     :func:`correlate`); ``spectra`` caches the templates' spectra by FFT size."""
     rows, cols = map_features.shape[-2:]
