@@ -99,7 +99,7 @@ def bev_templates(
     offsets = template_offsets_m(radius, cell_m).to(features.device)
     ring = offsets.norm(dim=-1)
     ring = (ring >= min_range_m) & (ring <= max_range_m)
-    quarter = quarter_of(headings_rad)
+    quarter = _quarter_of(headings_rad)
     headings = (headings_rad if quarter is None else headings_rad[:quarter]).to(features)
     count, k = len(headings), 2 * radius + 1
     pose = Pose2(torch.stack([torch.zeros_like(headings), torch.zeros_like(headings), headings], dim=-1))
@@ -114,7 +114,7 @@ def bev_templates(
     return BevTemplates(templates, weights, headings_rad, float(cell_m), quarter_turns=quarter is not None)
 
 
-def quarter_of(headings_rad: Tensor, *, tolerance_rad: float = 1e-5) -> int | None:
+def _quarter_of(headings_rad: Tensor, *, tolerance_rad: float = 1e-5) -> int | None:
     """N / 4 when heading ``n + N / 4`` is heading ``n`` plus 90 degrees for every n (N evenly spaced headings,
     N divisible by 4), else None."""
     count = len(headings_rad)
@@ -161,16 +161,14 @@ def correlate(map_features: Tensor, templates: BevTemplates) -> Tensor:
         (N, S_r, S_c) scores.
     """
     total_weight = templates.weights.sum(dim=(1, 2, 3)).clamp(min=1e-6)
+    map_features = map_features.float()
     if not templates.quarter_turns:
-        return _correlation_sums(map_features.float(), templates.features.float(), {}) / total_weight[:, None, None]
+        return _correlation_sums(map_features, templates.features.float(), {}) / total_weight[:, None, None]
     # template n + q N/4 is template n turned clockwise q times (R^q), and correlating with R^q t equals turning
     # the map by R^-q, correlating with t and turning the scores back: a quarter of the templates' FFTs
     base = templates.features[: len(templates.features) // 4].float()
     spectra: dict[tuple[int, int], Tensor] = {}  # the base templates' spectra, by FFT size (two when not square)
-    scores = [
-        _turn_clockwise(_correlation_sums(_turn_clockwise(map_features.float(), -q), base, spectra), q)
-        for q in range(4)
-    ]
+    scores = [_turn_clockwise(_correlation_sums(_turn_clockwise(map_features, -q), base, spectra), q) for q in range(4)]
     return torch.cat(scores) / total_weight[:, None, None]
 
 
