@@ -13,6 +13,9 @@ convnext_tiny  stem+stage1 / stage2 / stage3        96 / 192 / 384     12.4 M
 efficientnet_b0 features[0:3] / [3] / [4:6]         24 / 40 / 112      0.85 M
 ============== ==================================== ================== =========
 
+ResNet-18/34 are :mod:`crossview.encoders.resnet`'s trunks (torchvision's modules, names and initialisation,
+without importing torchvision, whose import costs seconds); the others are torchvision's, imported when built.
+
 Weights: ``"none"`` (random, torchvision's initialisation), ``"imagenet"`` (torchvision's ImageNet weights, from
 the torch hub cache or downloaded once) or the path of a local ``.pth`` state dict of the full torchvision model.
 Inputs are expected ImageNet-normalised (the model does it, see :mod:`crossview.encoders.modalities`).
@@ -26,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from crossview.encoders.circular import convert_to_wrap_padding
+from crossview.encoders.resnet import ResNetTrunk
 from crossview.errors import ConfigError
 
 __all__ = ["BACKBONES", "STRIDE", "Backbone", "BackboneSpec", "build_backbone", "load_weights_state"]
@@ -65,11 +68,24 @@ class _VGG16Features(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        import torchvision
+
         self.features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
         for layer in self.features.modules():
             if isinstance(layer, nn.Conv2d):  # torchvision's VGG initialisation
                 nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(layer.bias)
+
+
+def _torchvision_model(name: str) -> Callable[[], nn.Module]:
+    """A builder of torchvision's model ``name`` with random weights (torchvision is imported when it runs)."""
+
+    def build() -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None)
+
+    return build
 
 
 @dataclass(frozen=True)
@@ -85,19 +101,12 @@ class BackboneSpec:
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
-        BackboneSpec("resnet18", lambda: torchvision.models.resnet18(weights=None), _resnet_stages, (64, 128, 256)),
-        BackboneSpec("resnet34", lambda: torchvision.models.resnet34(weights=None), _resnet_stages, (64, 128, 256)),
-        BackboneSpec("resnet50", lambda: torchvision.models.resnet50(weights=None), _resnet_stages, (256, 512, 1024)),
+        BackboneSpec("resnet18", lambda: ResNetTrunk("resnet18"), _resnet_stages, (64, 128, 256)),
+        BackboneSpec("resnet34", lambda: ResNetTrunk("resnet34"), _resnet_stages, (64, 128, 256)),
+        BackboneSpec("resnet50", _torchvision_model("resnet50"), _resnet_stages, (256, 512, 1024)),
         BackboneSpec("vgg16", _VGG16Features, _vgg_stages, (256, 512, 512)),
-        BackboneSpec(
-            "convnext_tiny", lambda: torchvision.models.convnext_tiny(weights=None), _convnext_stages, (96, 192, 384)
-        ),
-        BackboneSpec(
-            "efficientnet_b0",
-            lambda: torchvision.models.efficientnet_b0(weights=None),
-            _efficientnet_stages,
-            (24, 40, 112),
-        ),
+        BackboneSpec("convnext_tiny", _torchvision_model("convnext_tiny"), _convnext_stages, (96, 192, 384)),
+        BackboneSpec("efficientnet_b0", _torchvision_model("efficientnet_b0"), _efficientnet_stages, (24, 40, 112)),
     )
 }
 
@@ -171,6 +180,8 @@ def load_weights_state(name: str, weights: str) -> dict[str, Tensor] | None:
 
 
 def _imagenet_state(name: str) -> dict[str, Tensor]:
+    import torchvision
+
     url = torchvision.models.get_model_weights(name).DEFAULT.url
     try:
         # torch.hub looks in $TORCH_HOME/hub/checkpoints first and only downloads what is not cached.

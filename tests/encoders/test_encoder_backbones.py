@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -105,3 +108,51 @@ def test_plain_conv_reference_of_the_tiled_trick_is_sound() -> None:
     out = F.conv2d(torch.cat([x, x, x], -1), kernel, padding=(0, 1))[..., 6:12]
     expected = torch.stack([x[..., (j - 1) % 6] + x[..., j] + x[..., (j + 1) % 6] for j in range(6)], -1)
     torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34"])
+def test_resnet_trunk_computes_what_torchvisions_resnet_does_with_the_same_weights(name: str) -> None:
+    import torchvision
+
+    from crossview.encoders.resnet import ResNetTrunk
+
+    torch.manual_seed(3)
+    reference = torchvision.models.get_model(name, weights=None).eval()
+    for module in reference.modules():  # batch-norm statistics other than 0 and 1, so that they are tested too
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    trunk = ResNetTrunk(name).eval()
+    own = trunk.state_dict()
+    assert {k for k in reference.state_dict() if not k.startswith(("layer4.", "fc."))} == set(own)
+    trunk.load_state_dict({key: reference.state_dict()[key] for key in own})
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        expected = reference.layer3(
+            reference.layer2(reference.layer1(reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))))
+        )
+        actual = trunk.layer3(trunk.layer2(trunk.layer1(trunk.maxpool(trunk.relu(trunk.bn1(trunk.conv1(x)))))))
+    assert actual.shape == (2, 256, 4, 6)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def test_resnet_trunk_initialises_like_torchvision() -> None:
+    from crossview.encoders.resnet import ResNetTrunk
+
+    torch.manual_seed(4)
+    trunk = ResNetTrunk("resnet18")
+    fan_out = 64 * 3 * 3
+    std = float(trunk.layer1[0].conv1.weight.detach().std())
+    assert abs(std - (2.0 / fan_out) ** 0.5) < 0.1 * (2.0 / fan_out) ** 0.5
+    assert torch.equal(trunk.bn1.weight, torch.ones(64)) and torch.equal(trunk.bn1.bias, torch.zeros(64))
+
+
+def test_loading_the_shipped_model_does_not_import_torchvision() -> None:
+    # torchvision's import pulls in torch._dynamo (seconds on 2 cores): locate, index and demo must not pay it
+    code = (
+        "import sys; import crossview.locate, crossview.localize, crossview.retrieval.dense, crossview.refinement; "
+        "from crossview.checkpoints import load_model; load_model('synth-v6'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision' or m.startswith('torch._dynamo')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
