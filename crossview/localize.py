@@ -300,6 +300,10 @@ def _model_pixels(rgb: np.ndarray, camera: CameraInfo, pano_hw: tuple[int, int])
 
 # ---- the localizer -------------------------------------------------------------------------------------------
 
+GroundLevels = tuple[list[Tensor], list[Tensor], Any]
+"""One ground image's refinement levels: features [(1, C, H_l, W_l)], confidences [(1, 1, H_l, W_l)] (coarse to
+fine) and its camera at the model input's size."""
+
 
 @dataclass
 class Candidates:
@@ -405,12 +409,12 @@ class Localizer:
         scale = float(self.table.frame.scale_factor(lat=prior.lat, lon=prior.lon))
         return float(x), float(y), float(prior.radius_m) * scale
 
-    def ground_levels(self, pixels: Tensor, camera: CameraInfo) -> tuple[list[Tensor], list[Tensor], Any]:
-        """The three refinement levels of one image: features (1, C, H_l, W_l), confidences (1, 1, H_l, W_l) and
-        the camera at the model input's size."""
+    def ground_levels(self, pixels: Sequence[Tensor], camera: CameraInfo) -> list[GroundLevels]:
+        """The three refinement levels of images of one camera and size, encoded in one batch: for each image,
+        its features (1, C, H_l, W_l), confidences (1, 1, H_l, W_l) and the camera at the model input's size."""
         from crossview.geometry.cameras import PanoramaCamera, PinholeCamera
 
-        images = pixels[None].to(self.device)
+        images = torch.stack(list(pixels)).to(self.device)
         with torch.inference_mode():
             feats, confs = self.model.ground_refinement_features(images, camera=camera.model)
         height_px, width_px = images.shape[-2:]
@@ -418,7 +422,8 @@ class Localizer:
             cam = PanoramaCamera(width_px, height_px)
         else:
             cam = PinholeCamera.from_hfov(width_px, height_px, float(camera.hfov_deg))
-        return [f.float() for f in feats], [c.float() for c in confs], cam
+        feats, confs = [f.float() for f in feats], [c.float() for c in confs]
+        return [([f[i : i + 1] for f in feats], [c[i : i + 1] for c in confs], cam) for i in range(len(images))]
 
     def dense_areas(self, prior: Prior) -> list[tuple[float, float, float]] | None:
         """The discs (x, y, radius in grid metres) the dense search covers without retrieval: a small prior's
@@ -429,7 +434,7 @@ class Localizer:
         x, y, radius = self._prior_xy(prior)
         return [(x, y, math.inf if radius is None else radius)]
 
-    def find_candidates(self, ground: Any, index: int, levels: Any, item: Decoded) -> Candidates | None:
+    def find_candidates(self, ground: Any, index: int, levels: GroundLevels, item: Decoded) -> Candidates | None:
         """Candidate poses of one image: the dense search over a small prior disc, or over the whole map without
         a prior when the map's feature raster holds it; otherwise retrieved chips (``--search retrieval``), or
         the dense search in small discs around them. None when no map is in reach."""
@@ -444,7 +449,7 @@ class Localizer:
         return self.dense_candidates(levels, item.camera, item.prior, areas) or found
 
     def dense_candidates(
-        self, levels: Any, camera: CameraInfo, prior: Prior, areas: Sequence[tuple[float, float, float]]
+        self, levels: GroundLevels, camera: CameraInfo, prior: Prior, areas: Sequence[tuple[float, float, float]]
     ) -> Candidates | None:
         """The best pose of an exhaustive search (:mod:`crossview.retrieval.dense`) over discs (x, y, radius in
         grid metres); its score is its margin over the best pose at least :data:`DENSE_PEAK_SEPARATION_M` away.
@@ -537,7 +542,7 @@ class Localizer:
             for peak in peaks
         ]
 
-    def refine(self, ground: tuple[list[Tensor], list[Tensor], Any], camera: CameraInfo, found: Candidates) -> dict:
+    def refine(self, ground: GroundLevels, camera: CameraInfo, found: Candidates) -> dict:
         """LM refinement of every candidate of one image in the chips' true-north frames; the best one. A dense
         search's pose is evaluated on the finest level against the window of its feature raster around it
         (``pose_local`` is then its shift from the candidate)."""
@@ -598,10 +603,10 @@ class Localizer:
         return [features[None].to(self.device)], [weights], geometry, torch.tensor([pose], dtype=torch.float64)
 
     # ---- one image -----------------------------------------------------------------------------------------
-    def result_for(self, item: Decoded, ground: Any, index: int) -> ImageResult:
-        """The record of one decoded image (failed with the reason when no pose can be given)."""
+    def result_for(self, item: Decoded, ground: Any, index: int, levels: GroundLevels) -> ImageResult:
+        """The record of one decoded image, given its retrieval encoding (``ground`` at ``index``; None when the
+        dense search needs none) and refinement levels (failed with the reason when no pose can be given)."""
         common = {"prior": item.prior, "camera": item.camera, "model": self.model_name, "map": self.map_name}
-        levels = self.ground_levels(item.pixels, item.camera)
         found = self.find_candidates(ground, index, levels, item)
         if found is None:
             where = (
@@ -664,9 +669,10 @@ class Localizer:
             ground = None  # the retrieval encoding, only when some image of the group needs retrieval
             if any(self.dense_areas(items[i].prior) is None for i in members):
                 ground = self._encode_ground([items[i].pixels for i in members], camera_model, hfov)
+            levels = self.ground_levels([items[i].pixels for i in members], items[members[0]].camera)
             for j, i in enumerate(members):
                 try:
-                    results[i] = self.result_for(items[i], ground, j)
+                    results[i] = self.result_for(items[i], ground, j, levels[j])
                 except CrossviewError as error:
                     results[i] = ImageResult.failed(
                         items[i].image, str(error), prior=items[i].prior, model=self.model_name, map=self.map_name
