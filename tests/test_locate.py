@@ -123,6 +123,20 @@ def test_csv_output_matches_the_geojson(town, tmp_path):
     assert [r.to_dict() for r in from_csv] == [r.to_dict() for r in from_geojson]
 
 
+def test_images_encoded_in_one_batch_get_the_poses_they_get_one_at_a_time(town, tmp_path):
+    inputs = (town / "panorama", town / "pinhole")
+    assert _locate(town, tmp_path / "batched.geojson", *inputs) == 0
+    assert _locate(town, tmp_path / "single.geojson", *inputs, extra=("--batch-size", "1")) == 0
+    batched, _ = read_results(tmp_path / "batched.geojson")
+    single, _ = read_results(tmp_path / "single.geojson")
+    assert [r.image for r in batched] == [r.image for r in single] and len(batched) == 8
+    for one, other in zip(batched, single, strict=True):
+        assert one.status == other.status == "ok"
+        # a batched convolution may round differently: the same pose to a centimetre and a hundredth of a degree
+        assert abs(one.lat - other.lat) < 1e-7 and abs(one.lon - other.lon) < 1e-7, (one, other)
+        assert abs((one.heading_deg - other.heading_deg + 180.0) % 360.0 - 180.0) < 0.01, (one, other)
+
+
 def test_retrieval_search_refines_the_retrieved_chips(town, tmp_path):
     out = tmp_path / "retrieval.geojson"
     assert _locate(town, out, town / "panorama", extra=("--search", "retrieval")) == 0
