@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -148,24 +147,60 @@ def _time_locate(args: list[str], out: Path, images: int) -> dict[str, Any]:
     """Wall time, images/s and peak memory of one ``crossview locate`` command (interpreter start, model load and
     index load included)."""
     argv = [sys.executable, "-m", "crossview", "locate", *args, "--out", str(out), "--workers", "1"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    started = time.perf_counter()
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(argv, check=True, capture_output=True, text=True, env=env)
+    started = time.perf_counter()
+    stderr, peak_kb = run_measured(argv, env)
     seconds = time.perf_counter() - started
-    peak_kb = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before)
-    images_s = summary_seconds(done.stderr)
+    images_s = summary_seconds(stderr)
     return {
         "seconds": round(seconds, 2),
         "images": images,
         "per_s": round(images / seconds, 2),
         "images_seconds": round(images_s, 2),
         "images_per_s": round(images / images_s, 2) if images_s > 0 else None,  # the summary rounds to 0.1 s
-        "peak_rss_mb": round(peak_kb / 1024.0, 1),
+        "peak_rss_mb": round(peak_kb / 1024.0, 1) if peak_kb is not None else None,
         "note": "seconds, per_s: wall time of the whole command, interpreter start and model load included; "
         "images_seconds, images_per_s: from the first image to the last (the rate of a long run), as locate's "
-        "summary gives it; peak memory of the largest locate command so far",
+        "summary gives it; peak_rss_mb: the largest resident memory of the command's processes",
     }
+
+
+def run_measured(argv: list[str], env: dict[str, str], *, poll_s: float = 0.05) -> tuple[str, int | None]:
+    """Run a command to its end; its stderr and the peak resident memory (KiB) of its largest process.
+
+    The peak is the high-water mark (``VmHWM``) of the command's processes, read from ``/proc`` every ``poll_s``
+    while it runs (None without ``/proc``). ``getrusage``'s ``ru_maxrss`` does not do: a child started by a large
+    process (the bench, after building an index) counts that process's memory before its ``exec``.
+
+    Raises:
+        subprocess.CalledProcessError: the command failed (with its stderr).
+    """
+    peak_kb: int | None = None
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as errors:
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, env=env, text=True)
+        while process.poll() is None:
+            peak_kb = max(peak_kb or 0, _high_water_kb(process.pid) or 0) if Path("/proc").is_dir() else None
+            time.sleep(poll_s)
+        errors.seek(0)
+        stderr = errors.read()
+    if process.returncode != 0:
+        raise subprocess.CalledProcessError(process.returncode, argv, stderr=stderr)
+    return stderr, peak_kb
+
+
+def _high_water_kb(pid: int) -> int:
+    """The largest ``VmHWM`` (KiB) of process ``pid`` and its descendants (0 for those already gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        children = [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
+    except OSError:
+        return 0
+    own = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+    return max([own, *(_high_water_kb(child) for child in children)])
 
 
 def summary_seconds(stderr: str) -> float:

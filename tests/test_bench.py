@@ -121,3 +121,24 @@ def test_locate_stage_reads_the_seconds_spent_on_images_from_locates_summary_lin
     assert summary_seconds(stderr) == 9.8
     with pytest.raises(RuntimeError, match="no summary line"):
         summary_seconds("Traceback (most recent call last):\n")
+
+
+def test_locate_stage_measures_the_peak_memory_of_its_own_command_only() -> None:
+    from crossview.bench_pipeline import run_measured
+
+    def child(megabytes: int) -> list[str]:
+        code = (
+            f"import sys, time; block = bytearray({megabytes} << 20); print('held', file=sys.stderr); time.sleep(0.5)"
+        )
+        return [sys.executable, "-c", code]
+
+    if not Path("/proc").is_dir():
+        pytest.skip("the peak memory is read from /proc (Linux)")
+    stderr, big_kb = run_measured(child(300), dict(os.environ))
+    assert stderr == "held\n" and 300 * 1024 < big_kb < 400 * 1024
+    # a later, smaller command gets its own figure, not the largest of this process's children so far
+    _, small_kb = run_measured(child(10), dict(os.environ))
+    assert small_kb < 100 * 1024
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        run_measured([sys.executable, "-c", "import sys; sys.exit('no such map')"], dict(os.environ))
+    assert failed.value.returncode == 1 and "no such map" in failed.value.stderr
