@@ -175,11 +175,12 @@ def run_measured(argv: list[str], env: dict[str, str], *, poll_s: float = 0.05) 
     Raises:
         subprocess.CalledProcessError: the command failed (with its stderr).
     """
-    peak_kb: int | None = None
+    peak_kb = 0 if Path("/proc").is_dir() else None
     with tempfile.TemporaryFile("w+", encoding="utf-8") as errors:
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, env=env, text=True)
         while process.poll() is None:
-            peak_kb = max(peak_kb or 0, _high_water_kb(process.pid) or 0) if Path("/proc").is_dir() else None
+            if peak_kb is not None:
+                peak_kb = max(peak_kb, _high_water_kb(process.pid))
             time.sleep(poll_s)
         errors.seek(0)
         stderr = errors.read()
