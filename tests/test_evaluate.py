@@ -177,7 +177,9 @@ def test_evaluate_matches_the_brute_force_reference(tree, model, unknown_heading
     reference = _brute_force(model, dataset, unknown_heading)
     for key, value in reference.items():
         if isinstance(value, float):
-            assert metrics[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+            # the two encode in batches of different sizes, which float32 convolutions round differently, and the
+            # heading's sub-column interpolation turns score differences of 1e-7 into 1e-4 degrees
+            assert metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
         else:
             assert metrics[key] == value, key
     assert ("heading_error_deg_mean" in metrics) == unknown_heading
