@@ -37,7 +37,7 @@ from crossview.errors import ConfigError, CrossviewError
 from crossview.fsio import atomic_write_json
 
 EXIT_INTERRUPTED = 130
-DEFAULT_MODEL = "synth-v6"
+DEFAULT_MODEL = "synth-v7"
 DEFAULT_TOP_K = 5
 DEFAULT_PRIOR_RADIUS_M = 100.0
 DEFAULT_BATCH = 16

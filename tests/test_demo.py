@@ -25,9 +25,9 @@ def test_demo_writes_results_figure_and_summary(tmp_path, capsys):
     assert summary["all"]["located"] == 24 and summary["failed"] == 0
     # Every pose lies within its prior: 100 m around a point at most 50 m from the truth.
     assert summary["all"]["p90_position_error_m"] <= 150.0
-    # The locate issue's targets with a 100 m prior, median 2 m and 3 degrees, for panoramas (measured with synth-v6:
-    # 0.3 m, 0.6 degrees) and for pinhole views (18 of them, so that no single view decides the median; measured
-    # 1.3 m, 1.6 degrees, 13 of 18 within 2 m).
+    # The locate issue's targets with a 100 m prior, median 2 m and 3 degrees, for panoramas (measured with synth-v7:
+    # 0.3 m, 0.7 degrees) and for pinhole views (18 of them, so that no single view decides the median; measured
+    # 1.1 m, 2.0 degrees, 14 of 18 within 2 m).
     for camera in ("panorama", "pinhole"):
         figures = summary[camera]
         assert figures["median_position_error_m"] <= 2.0 and figures["median_heading_error_deg"] <= 3.0, figures
