@@ -151,7 +151,7 @@ def test_loading_the_shipped_model_does_not_import_torchvision() -> None:
     # torchvision's import pulls in torch._dynamo (seconds on 2 cores): locate, index and demo must not pay it
     code = (
         "import sys; import crossview.locate, crossview.localize, crossview.retrieval.dense, crossview.refinement; "
-        "from crossview.checkpoints import load_model; load_model('synth-v7'); "
+        "from crossview.checkpoints import load_model; load_model(crossview.locate.DEFAULT_MODEL); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision' or m.startswith('torch._dynamo')))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
