@@ -177,7 +177,7 @@ def run_measured(argv: list[str], env: dict[str, str], *, poll_s: float = 0.05) 
     """
     peak_kb = 0 if Path("/proc").is_dir() else None
     with tempfile.TemporaryFile("w+", encoding="utf-8") as errors:
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, env=env, text=True)
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, env=env)
         while process.poll() is None:
             if peak_kb is not None:
                 peak_kb = max(peak_kb, _high_water_kb(process.pid))

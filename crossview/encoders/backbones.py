@@ -90,7 +90,7 @@ def _torchvision_model(name: str) -> Callable[[], nn.Module]:
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """How to build and cut one torchvision model."""
+    """How to build one backbone (a ResNet trunk of crossview or a torchvision model) and cut it into stages."""
 
     name: str
     build: Callable[[], nn.Module]
